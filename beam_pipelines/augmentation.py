@@ -1,0 +1,71 @@
+"""Class-balanced, deterministic augmentation of training images.
+
+A class's multiplier is the total number of examples per source image, the
+original included. Each extra copy gets a random rotation (±15°), zoom (0.9–1.1)
+and brightness factor (0.8–1.2), the seed project's settings. The randomness is
+derived from (seed, image id, copy index) only, so a copy has the same bytes on any
+runner, worker or retry.
+"""
+
+import hashlib
+import math
+
+import numpy as np
+from PIL import Image
+
+from beam_pipelines import schema
+
+MAX_ROTATION_DEGREES = 15.0
+ZOOM_RANGE = (0.9, 1.1)
+BRIGHTNESS_RANGE = (0.8, 1.2)
+AUTO = "auto"
+DEFAULT_MULTIPLIERS = "normal=2,pneumonia=2,covid19=30"
+
+
+def parse_multipliers(text: str) -> dict[str, int] | None:
+    """`"normal=2,pneumonia=2,covid19=30"` → dict; `"auto"` → None (decided from counts)."""
+    if text.strip().lower() == AUTO:
+        return None
+    multipliers = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in schema.CLASS_IDS or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(
+                f"--augment must be 'auto' or class=N pairs with N ≥ 1 for classes "
+                f"{', '.join(schema.CLASS_NAMES)}; got {text!r}")
+        multipliers[name] = int(value)
+    missing = set(schema.CLASS_NAMES) - multipliers.keys()
+    if missing:
+        raise ValueError(f"--augment lacks a multiplier for {sorted(missing)}")
+    return multipliers
+
+
+def balanced_multipliers(train_originals: dict[str, int]) -> dict[str, int]:
+    """Multipliers that bring every class near the largest one's original count."""
+    largest = max(train_originals.values(), default=0)
+    return {name: max(1, round(largest / train_originals[name])) if train_originals.get(name) else 1
+            for name in schema.CLASS_NAMES}
+
+
+def _rng(seed: int, image_id: str, copy_index: int) -> np.random.Generator:
+    digest = hashlib.sha256(f"{seed}\x1f{image_id}\x1f{copy_index}".encode("utf-8")).digest()
+    return np.random.default_rng(int.from_bytes(digest[:16], "big"))
+
+
+def augment(pixels: np.ndarray, seed: int, image_id: str, copy_index: int) -> np.ndarray:
+    """One augmented copy of a uint8 grayscale square image; same inputs, same output."""
+    rng = _rng(seed, image_id, copy_index)
+    angle = math.radians(rng.uniform(-MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES))
+    zoom = rng.uniform(*ZOOM_RANGE)
+    brightness = rng.uniform(*BRIGHTNESS_RANGE)
+    height, width = pixels.shape
+    center_x, center_y = width / 2.0, height / 2.0
+    # Pillow maps each output pixel back to its input position: the inverse transform.
+    cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+    inverse = (cos, sin, center_x - cos * center_x - sin * center_y,
+               -sin, cos, center_y + sin * center_x - cos * center_y)
+    transformed = Image.fromarray(pixels, mode="L").transform(
+        (width, height), Image.Transform.AFFINE, inverse, resample=Image.Resampling.BILINEAR, fillcolor=0)
+    brightened = np.asarray(transformed, dtype=np.float32) * brightness
+    return np.clip(np.rint(brightened), 0, 255).astype(np.uint8)

@@ -1,0 +1,49 @@
+"""Encodes one preprocessed image and its labels as a tf.Example (see `schema`)."""
+
+import dataclasses
+
+import tensorflow as tf
+
+from beam_pipelines import schema
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleFields:
+    """Everything a record carries besides the pixels; ids are already pseudonymous."""
+
+    label: str
+    image_id: str
+    source: str
+    view: str
+    patient_id: str
+    augmentation: int = 0
+
+
+def _bytes(value: bytes | str) -> tf.train.Feature:
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int64(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+
+def encode_example(png: bytes, height: int, width: int, fields: ExampleFields) -> tf.train.Example:
+    """Builds the record with exactly the keys in `schema.FEATURE_KEYS`."""
+    if fields.label not in schema.CLASS_IDS:
+        raise ValueError(f"unknown label {fields.label!r}; expected one of {schema.CLASS_NAMES}")
+    feature = {
+        schema.IMAGE_ENCODED: _bytes(png),
+        schema.IMAGE_FORMAT: _bytes(schema.IMAGE_FORMAT_PNG),
+        schema.IMAGE_HEIGHT: _int64(height),
+        schema.IMAGE_WIDTH: _int64(width),
+        schema.LABEL: _int64(schema.CLASS_IDS[fields.label]),
+        schema.LABEL_TEXT: _bytes(fields.label),
+        schema.IMAGE_ID: _bytes(fields.image_id),
+        schema.AUGMENTATION: _int64(fields.augmentation),
+        schema.SOURCE: _bytes(fields.source),
+        schema.VIEW: _bytes(fields.view),
+        schema.PATIENT_ID: _bytes(fields.patient_id),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature))

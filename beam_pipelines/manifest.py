@@ -1,0 +1,122 @@
+"""The preprocess job's manifest: what went in, what came out, and with what.
+
+It is written last, once every shard and the rejected records exist, so its presence
+means the output directory is complete. The trainer reads its class counts.
+"""
+
+import datetime
+import importlib.metadata
+import json
+import logging
+from collections.abc import Iterator
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from beam_pipelines import schema
+
+REPORTED_PACKAGES = ("cxr-classifier", "apache-beam", "tensorflow", "tfx-bsl", "pydicom",
+                     "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pillow", "numpy")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in REPORTED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def schema_description() -> dict:
+    return {
+        "version": schema.SCHEMA_VERSION,
+        "classes": list(schema.CLASS_NAMES),
+        "bytes_features": list(schema.BYTES_FEATURES),
+        "int64_features": list(schema.INT64_FEATURES),
+        "image_format": schema.IMAGE_FORMAT_PNG,
+        "compression": "GZIP",
+    }
+
+
+def split_class_table(counts: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    """{(split, class): n} → {split: {class: n}} with every split and class present."""
+    return {split: {name: counts.get((split, name), 0) for name in schema.CLASS_NAMES}
+            for split in schema.SPLITS}
+
+
+def coverage_warnings(patients: dict[str, dict[str, int]]) -> list[str]:
+    """A class with no patient in val or test cannot be evaluated: say so loudly."""
+    return [f"class {name!r} has no patient in the {split} split; its metrics there are undefined"
+            for split in ("val", "test") for name in schema.CLASS_NAMES if patients[split][name] == 0]
+
+
+def build_manifest(*, options: dict, multipliers: dict[str, int], inputs_listed: int,
+                   patients: dict, originals: dict, examples: dict, rejected: dict[str, int],
+                   shards: list[dict]) -> dict:
+    patient_table = split_class_table(patients)
+    originals_table = split_class_table(originals)
+    used = sum(originals.values())
+    rejected_total = sum(rejected.values())
+    if used + rejected_total != inputs_listed:
+        raise RuntimeError(
+            f"accounting error: {inputs_listed} inputs listed but {used} used + {rejected_total} rejected")
+    return {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "schema": schema_description(),
+        "options": options,
+        "augmentation_multipliers": multipliers,
+        "inputs": {"listed": inputs_listed, "used": used, "rejected": rejected_total},
+        "patients": patient_table,
+        "originals": originals_table,
+        "examples": split_class_table(examples),
+        "rejected": dict(sorted(rejected.items())),
+        "shards": sorted(shards, key=lambda shard: shard["file"]),
+        "packages": package_versions(),
+        "warnings": coverage_warnings(patient_table),
+    }
+
+
+class WriteManifestFn(beam.DoFn):
+    """Assembles the manifest from the job's side inputs and writes it as JSON."""
+
+    def __init__(self, output_dir: str, options: dict):
+        self._output_dir = output_dir
+        self._options = options
+
+    def process(self, _, multipliers, inputs_listed, patients, originals, examples, rejected,
+                shards, rejected_files) -> Iterator[dict]:
+        del rejected_files  # a side input only so that the manifest is written after them
+        manifest = build_manifest(
+            options=self._options, multipliers=multipliers, inputs_listed=inputs_listed,
+            patients=dict(patients), originals=dict(originals), examples=dict(examples),
+            rejected=dict(rejected), shards=list(shards))
+        for warning in manifest["warnings"]:
+            logging.warning("DATASET WARNING: %s", warning)
+        with FileSystems.create(FileSystems.join(self._output_dir, schema.MANIFEST_FILE)) as out:
+            out.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
+        yield manifest
+
+
+def read_manifest(output_dir: str) -> dict:
+    with FileSystems.open(FileSystems.join(output_dir, schema.MANIFEST_FILE)) as handle:
+        return json.loads(handle.read().decode("utf-8"))
+
+
+def format_summary(manifest: dict) -> str:
+    """Patients / originals / examples per split × class, then rejections and warnings."""
+    width = max(len(name) for name in schema.CLASS_NAMES) + 2
+    header = f"{'split':<7}{'class':<{width}}{'patients':>10}{'originals':>11}{'examples':>10}"
+    lines = [header, "-" * len(header)]
+    for split in schema.SPLITS:
+        for name in schema.CLASS_NAMES:
+            lines.append(f"{split:<7}{name:<{width}}{manifest['patients'][split][name]:>10}"
+                         f"{manifest['originals'][split][name]:>11}{manifest['examples'][split][name]:>10}")
+    inputs = manifest["inputs"]
+    lines.append(f"inputs listed {inputs['listed']}: used {inputs['used']}, rejected {inputs['rejected']}")
+    lines.extend(f"  rejected {key}: {count}" for key, count in manifest["rejected"].items())
+    lines.append(f"multipliers: {manifest['augmentation_multipliers']}")
+    lines.append(f"shards: {len(manifest['shards'])}")
+    lines.extend(f"WARNING: {warning}" for warning in manifest["warnings"])
+    return "\n".join(lines)

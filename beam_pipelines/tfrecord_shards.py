@@ -1,0 +1,90 @@
+"""Writes each split's examples as GZIP TFRecord shards of a bounded size.
+
+Beam's WriteToTFRecord needs the shard count when the pipeline is built, but the
+right count depends on how many bytes each split ends up with. Here the count is
+computed inside the pipeline (total bytes / target shard size), every example is
+assigned to a shard by a hash of its key, and each shard is written by one worker
+to a temporary name and renamed into place, so a retried write replaces rather
+than duplicates it. Records inside a shard are ordered by that hash, which spreads
+the augmented copies of one image instead of keeping them adjacent.
+"""
+
+import hashlib
+import math
+import typing
+import uuid
+from collections.abc import Iterable, Iterator
+
+import apache_beam as beam
+import tensorflow as tf
+
+from beam_pipelines import schema
+
+DEFAULT_TARGET_SHARD_MB = 150
+
+
+class EncodedExample(typing.NamedTuple):
+    split: str
+    label: str
+    key: str
+    augmentation: int
+    serialized: bytes
+
+
+def shard_order_key(example: EncodedExample) -> str:
+    return hashlib.sha256(f"{example.key}\x1f{example.augmentation}".encode("utf-8")).hexdigest()
+
+
+def shard_count(total_bytes: int, target_shard_bytes: int) -> int:
+    return max(1, math.ceil(total_bytes / target_shard_bytes))
+
+
+class WriteShardFn(beam.DoFn):
+    """Writes one shard (all its records, in order) and reports what it wrote."""
+
+    def __init__(self, output_dir: str):
+        self._output_dir = output_dir
+        self._shards = beam.metrics.Metrics.counter("write", "shards_written")
+        self._records = beam.metrics.Metrics.counter("write", "records_written")
+
+    def process(self, element: tuple[tuple[str, int, int], Iterable[tuple[str, bytes]]]) -> Iterator[dict]:
+        (split, index, count), records = element
+        name = schema.shard_name(split, index, count)
+        final_path = f"{self._output_dir.rstrip('/')}/{name}"
+        temp_path = f"{self._output_dir.rstrip('/')}/.tmp-{uuid.uuid4().hex}-{name}"
+        written = size = 0
+        with tf.io.TFRecordWriter(temp_path, options="GZIP") as writer:
+            for _, serialized in sorted(records):
+                writer.write(serialized)
+                written += 1
+                size += len(serialized)
+        tf.io.gfile.rename(temp_path, final_path, overwrite=True)
+        self._shards.inc()
+        self._records.inc(written)
+        yield {"split": split, "file": name, "records": written, "bytes": size}
+
+
+class WriteShardedTFRecords(beam.PTransform):
+    """EncodedExamples → `{split}-SSSSS-of-NNNNN.tfrecord.gz`; outputs one dict per shard."""
+
+    def __init__(self, output_dir: str, target_shard_bytes: int):
+        super().__init__()
+        self._output_dir = output_dir
+        self._target_shard_bytes = target_shard_bytes
+
+    def expand(self, examples):
+        target = self._target_shard_bytes
+        counts = (examples
+                  | "BytesPerSplit" >> beam.Map(lambda example: (example.split, len(example.serialized)))
+                  | "SumBytes" >> beam.CombinePerKey(sum)
+                  | "ShardCount" >> beam.MapTuple(lambda split, total: (split, shard_count(total, target))))
+
+        def assign(example: EncodedExample, shard_counts: dict[str, int]):
+            order = shard_order_key(example)
+            count = shard_counts[example.split]
+            return (example.split, int(order[:15], 16) % count, count), (order, example.serialized)
+
+        return (examples
+                | "AssignShard" >> beam.Map(assign, shard_counts=beam.pvalue.AsDict(counts))
+                | "GroupShards" >> beam.GroupByKey()
+                | "WriteShards" >> beam.ParDo(WriteShardFn(self._output_dir)))

@@ -1,0 +1,29 @@
+"""Packaging for the chest X-ray classifier: Dataflow workers install the job with
+`--setup_file ./setup.py`, and `make` installs it into `.venv` for local runs."""
+
+import setuptools
+
+REQUIRED_PACKAGES = [
+    "tensorflow~=2.21.0",
+    "apache-beam[gcp]~=2.77.0",
+    "tfx-bsl~=1.21.0",
+    "pydicom~=3.0",
+    "pylibjpeg~=2.1",
+    "pylibjpeg-libjpeg~=2.5",
+    "pylibjpeg-openjpeg~=2.6",
+    "pylibjpeg-rle~=2.2",
+    "pillow>=11,<14",
+    "numpy>=1.26,<3",
+    "google-cloud-storage>=2.18,<4",
+    "absl-py>=1.4,<2",
+]
+
+setuptools.setup(
+    name="cxr-classifier",
+    version="0.1.0",
+    description="Chest X-ray classification (normal / pneumonia / COVID-19): Beam data plane and TF trainer.",
+    python_requires=">=3.11,<3.12",
+    packages=setuptools.find_packages(include=["beam_pipelines", "beam_pipelines.*", "trainer", "trainer.*"]),
+    install_requires=REQUIRED_PACKAGES,
+    extras_require={"test": ["pytest~=9.0", "pytest-xdist~=3.6"]},
+)
