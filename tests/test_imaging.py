@@ -1,0 +1,144 @@
+"""The one decode/normalise/resize implementation, on every transfer syntax and on bad bytes.
+
+DICOM inputs are pydicom's own bundled test files (shipped in its wheel, so nothing is
+downloaded), which cover the transfer syntaxes real archives use.
+"""
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from beam_pipelines import imaging
+
+SIZE = 64
+
+
+def pydicom_file_bytes(name: str) -> bytes:
+    path = get_testdata_file(name, download=False)
+    assert path, f"pydicom test file {name} is not installed"
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def dataset_bytes(dataset: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name, syntax", [
+    ("MR_small.dcm", "Explicit VR Little Endian"),
+    ("MR_small_implicit.dcm", "Implicit VR Little Endian"),
+    ("MR_small_bigendian.dcm", "Explicit VR Big Endian"),
+    ("image_dfl.dcm", "Deflated Explicit VR Little Endian"),
+    ("MR_small_RLE.dcm", "RLE Lossless"),
+    ("SC_rgb_dcmtk_+eb+cy+np.dcm", "JPEG Baseline (Process 1)"),
+    ("SC_rgb_jpeg_gdcm.dcm",
+     "JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14 [Selection Value 1])"),
+    ("JPGExtended.dcm", "JPEG Extended (Process 2 and 4)"),
+    ("MR_small_jpeg_ls_lossless.dcm", "JPEG-LS Lossless Image Compression"),
+    ("JPEGLSNearLossless_16.dcm", "JPEG-LS Lossy (Near-Lossless) Image Compression"),
+    ("MR_small_jp2klossless.dcm", "JPEG 2000 Image Compression (Lossless Only)"),
+    ("JPEG2000.dcm", "JPEG 2000 Image Compression"),
+    ("SC_rgb_rle_2frame.dcm", "RLE Lossless"),
+])
+def test_every_common_transfer_syntax_decodes_to_an_8bit_square(name, syntax):
+    data = pydicom_file_bytes(name)
+    assert pydicom.dcmread(io.BytesIO(data)).file_meta.TransferSyntaxUID.name == syntax
+    pixels = imaging.preprocess_image(data, SIZE, name).pixels
+    assert pixels.shape == (SIZE, SIZE) and pixels.dtype == np.uint8
+    assert pixels.max() - pixels.min() > 100, "normalisation should use most of the 8-bit range"
+
+
+def test_monochrome1_is_inverted():
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    normal = imaging.preprocess_image(dataset_bytes(dataset), SIZE).pixels
+    dataset.PhotometricInterpretation = "MONOCHROME1"
+    inverted = imaging.preprocess_image(dataset_bytes(dataset), SIZE).pixels
+    # Inversion happens before the resize, whose rounding may differ by one level.
+    np.testing.assert_allclose(inverted.astype(int), 255 - normal.astype(int), atol=1)
+    assert np.corrcoef(inverted.ravel(), normal.ravel())[0, 1] < -0.99
+
+
+def test_modality_lut_and_window_are_applied():
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    stored = dataset.pixel_array.astype(np.float64)
+    hounsfield = stored * float(dataset.RescaleSlope) + float(dataset.RescaleIntercept)
+    centre = float(np.median(hounsfield))
+    dataset.WindowCenter, dataset.WindowWidth = centre, 100.0
+    windowed = imaging.preprocess_image(dataset_bytes(dataset), 128).pixels
+    assert windowed.shape == (128, 128)
+    # Pixels well outside the window saturate; without the window they would spread out.
+    np.testing.assert_array_equal(windowed[hounsfield < centre - 60], 0)
+    np.testing.assert_array_equal(windowed[hounsfield > centre + 60], 255)
+
+
+def test_non_square_images_are_padded_not_stretched():
+    image = np.full((60, 120), 200, dtype=np.uint8)
+    image[:, :2] = 0
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    pixels = imaging.preprocess_image(buffer.getvalue(), 60).pixels
+    assert pixels.shape == (60, 60)
+    assert pixels[:12].max() == 0 and pixels[-12:].max() == 0, "black bars above and below"
+    np.testing.assert_array_equal(pixels[20:40, 5:55], 200)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "I;16", "P"])
+def test_bitmaps_of_any_mode_become_8bit_gray(mode):
+    gradient = np.tile(np.linspace(0, 255, 80, dtype=np.uint8), (100, 1))
+    image = Image.fromarray(gradient)
+    if mode == "I;16":
+        image = Image.fromarray((gradient.astype(np.uint16) * 257))
+    else:
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    pixels = imaging.preprocess_image(buffer.getvalue(), 50).pixels
+    assert pixels.shape == (50, 50) and pixels.dtype == np.uint8
+    assert pixels[25, 35] > pixels[25, 15] + 50, "the gradient survives"
+
+
+def test_jpeg_bitmap_decodes():
+    buffer = io.BytesIO()
+    Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (256, 1))).save(buffer, format="JPEG")
+    assert imaging.preprocess_image(buffer.getvalue(), 32, "x.jpg").pixels.shape == (32, 32)
+
+
+@pytest.mark.parametrize("data, uri, kind", [
+    (b"", "a.dcm", "empty_file"),
+    (b"this is not an image", "a.dcm", "not_dicom"),
+    (b"this is not an image", "a.png", "not_an_image"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "a.png", "not_an_image"),
+])
+def test_bad_bytes_are_refused_with_a_reason(data, uri, kind):
+    with pytest.raises(imaging.ImageDecodeError) as raised:
+        imaging.preprocess_image(data, SIZE, uri)
+    assert raised.value.kind == kind and raised.value.reason
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("MR_truncated.dcm", "pixel_decode_failed"),
+    ("rtplan.dcm", "no_pixel_data"),
+    ("JPEG-lossy.dcm", "pixel_decode_failed"),
+])
+def test_broken_dicoms_are_refused_with_a_reason(name, kind):
+    with pytest.raises(imaging.ImageDecodeError) as raised:
+        imaging.preprocess_image(pydicom_file_bytes(name), SIZE, name)
+    assert raised.value.kind == kind
+
+
+def test_truncated_file_is_refused():
+    data = pydicom_file_bytes("MR_small.dcm")
+    with pytest.raises(imaging.ImageDecodeError):
+        imaging.preprocess_image(data[: len(data) // 2], SIZE, "half.dcm")
+
+
+def test_png_round_trip_is_lossless():
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
+    decoded = np.asarray(Image.open(io.BytesIO(imaging.encode_png(pixels))))
+    np.testing.assert_array_equal(decoded, pixels)

@@ -1,0 +1,46 @@
+"""Patient-level split: stable, proportional, and keyed."""
+
+import collections
+
+import pytest
+
+from beam_pipelines import splitting
+
+FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
+
+
+def split_of(patient_id, key="k", source="rsna"):
+    return splitting.assign_split(splitting.pseudonymous_patient_id(key, source, patient_id), FRACTIONS)
+
+
+def test_split_proportions_follow_the_fractions():
+    counts = collections.Counter(split_of(f"patient-{index}") for index in range(20000))
+    assert counts["train"] / 20000 == pytest.approx(0.8, abs=0.01)
+    assert counts["val"] / 20000 == pytest.approx(0.1, abs=0.01)
+    assert counts["test"] / 20000 == pytest.approx(0.1, abs=0.01)
+
+
+def test_a_patient_keeps_its_split_whatever_else_is_in_the_dataset():
+    before = {f"p{index}": split_of(f"p{index}") for index in range(1000)}
+    after = {f"p{index}": split_of(f"p{index}") for index in range(5000)}
+    assert all(after[patient] == split for patient, split in before.items())
+
+
+def test_pseudonyms_depend_on_key_and_source_and_hide_the_raw_id():
+    pseudonym = splitting.pseudonymous_patient_id("key-a", "rsna", "12345")
+    assert pseudonym != splitting.pseudonymous_patient_id("key-b", "rsna", "12345")
+    assert pseudonym != splitting.pseudonymous_patient_id("key-a", "covid", "12345")
+    assert "12345" not in pseudonym and len(pseudonym) == 64
+    assert splitting.pseudonymous_image_id("k", "covid", "images/a.png").startswith("covid-")
+
+
+def test_zero_fraction_splits_get_nobody():
+    fractions = {"train": 0.9, "val": 0.0, "test": 0.1}
+    splits = {splitting.assign_split(splitting.keyed_hash("k", str(i)), fractions) for i in range(2000)}
+    assert splits == {"train", "test"}
+
+
+@pytest.mark.parametrize("text", ["0.8,0.2", "0.5,0.5,0.5", "a,b,c", "0,0.5,0.5", "-0.1,0.6,0.5"])
+def test_bad_split_flags_are_refused(text):
+    with pytest.raises(ValueError, match="--split"):
+        splitting.parse_split(text)
