@@ -24,7 +24,7 @@ demo: install
 		--output_dir $(DEMO_DIR)/tfrecords --image_size 128 $(LOCAL_BEAM)
 
 test: install
-	$(PYTHON) -m pytest -p no:cacheprovider -q tests
+	$(PYTHON) -m pytest -q
 
 bench: install
 	$(PYTHON) -m benchmarks.run --work_dir $(BENCH_DIR) --output BENCHMARKS.md
