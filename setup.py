@@ -25,5 +25,6 @@ setuptools.setup(
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(include=["beam_pipelines", "beam_pipelines.*", "trainer", "trainer.*"]),
     install_requires=REQUIRED_PACKAGES,
-    extras_require={"test": ["pytest~=9.0", "pytest-xdist~=3.6"]},
+    extras_require={"test": ["pytest~=9.0"]},
+    entry_points={"console_scripts": ["cxr-predict=trainer.study:main"]},
 )

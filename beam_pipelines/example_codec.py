@@ -2,9 +2,10 @@
 
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
-from beam_pipelines import schema
+from beam_pipelines import imaging, schema
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,3 +48,14 @@ def encode_example(png: bytes, height: int, width: int, fields: ExampleFields) -
         schema.PATIENT_ID: _bytes(fields.patient_id),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def serialize_example(pixels: np.ndarray, fields: ExampleFields) -> bytes:
+    """PNG-encodes a preprocessed image and serializes its record.
+
+    Serialization is deterministic (sorted feature map), so the same image and fields
+    give the same bytes in any process: reruns produce identical shards.
+    """
+    height, width = pixels.shape
+    example = encode_example(imaging.encode_png(pixels), height, width, fields)
+    return example.SerializeToString(deterministic=True)

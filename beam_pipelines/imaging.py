@@ -7,7 +7,7 @@ training. Output is always an 8-bit grayscale square of `image_size`² pixels.
 DICOM: pydicom decodes every common transfer syntax through its plugins; the
 Modality LUT (rescale slope/intercept) and the VOI LUT or window are applied when
 present, MONOCHROME1 is inverted, colour is converted to luminance, and the result
-is min–max scaled to 0–255. JPEG Baseline 8-bit frames (the RSNA files) take a fast
+is scaled to 0–255 between its 0.5th and 99.5th percentiles. JPEG Baseline 8-bit frames (the RSNA files) take a fast
 path: Pillow decodes the frame straight to reduced size with DCT scaling
 (`Image.draft`), several times cheaper than a full-size decode.
 
@@ -28,7 +28,8 @@ from pydicom.uid import JPEGBaseline8Bit
 
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
-KNOWN_VIEWS = ("PA", "AP", "LL", "RL", "LATERAL")
+SCALE_PERCENTILES = (0.5, 99.5)
+PERCENTILE_SAMPLE_SIDE = 256  # percentiles from a strided sample of about 256² pixels
 
 
 class ImageDecodeError(ValueError):
@@ -96,23 +97,35 @@ def fit_square(gray: np.ndarray, image_size: int) -> np.ndarray:
 
 
 def scale_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Min–max scales any numeric image to 0–255; a constant image becomes black."""
+    """Scales any numeric image to 0–255 between its 0.5th and 99.5th percentiles.
+
+    Percentiles rather than the extremes keep a few hot or dead pixels (and the noise
+    extremes that differ between a full-size and a reduced-size decode) from setting
+    the contrast. A constant image becomes black.
+    """
     values = values.astype(np.float32, copy=False)
-    low, high = float(values.min()), float(values.max())
+    stride = max(1, max(values.shape) // PERCENTILE_SAMPLE_SIDE)
+    low, high = (float(bound) for bound in np.percentile(values[::stride, ::stride], SCALE_PERCENTILES))
     if not np.isfinite(low) or not np.isfinite(high):
         raise ImageDecodeError("non_finite_pixels", "pixel values are not finite")
     if high <= low:
         return np.zeros(values.shape, dtype=np.uint8)
-    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+    scaled = (values - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def _decode_dicom(data: bytes, image_size: int) -> tuple[np.ndarray, str]:
     has_preamble = is_dicom(data)
     try:
-        # Files written without the Part 10 preamble still occur in old archives.
-        dataset = pydicom.dcmread(io.BytesIO(data), force=not has_preamble)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # Files written without the Part 10 preamble still occur in old archives.
+            dataset = pydicom.dcmread(io.BytesIO(data), force=not has_preamble)
     except Exception as error:  # pydicom raises many types on corrupt headers
         raise ImageDecodeError("unreadable_dicom_header", f"{type(error).__name__}: {error}") from error
+    # pydicom only warns when encapsulated pixel data is cut off, and then drops it.
+    if any("end of file" in str(warning.message).lower() for warning in caught):
+        raise ImageDecodeError("truncated_file", "the file ends before its pixel data is complete")
     if "PixelData" not in dataset:
         if has_preamble:
             raise ImageDecodeError("no_pixel_data", "the DICOM file has no Pixel Data element")

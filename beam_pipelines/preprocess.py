@@ -96,11 +96,9 @@ class ExpandExamplesFn(beam.DoFn):
             fields = example_codec.ExampleFields(
                 label=image.label, image_id=image.image_id, source=image.source, view=image.view,
                 patient_id=image.patient_key, augmentation=copy_index)
-            example = example_codec.encode_example(
-                imaging.encode_png(pixels), pixels.shape[0], pixels.shape[1], fields)
             (self._augmented if copy_index else self._originals).inc()
             yield EncodedExample(image.split, image.label, image.image_id, copy_index,
-                                 example.SerializeToString())
+                                 example_codec.serialize_example(pixels, fields))
 
 
 class ListSources(beam.PTransform):
@@ -154,7 +152,7 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
     examples = prepared.prepared | "ExpandAndEncode" >> beam.ParDo(
         ExpandExamplesFn(args.seed), multipliers=beam.pvalue.AsSingleton(multipliers))
     shards = examples | "WriteShards" >> WriteShardedTFRecords(
-        args.output_dir, args.target_shard_mb * 1024 * 1024)
+        args.output_dir, int(args.target_shard_mb * 1024 * 1024))
 
     rejected = ((listed[REJECTED], prepared[REJECTED]) | "AllRejected" >> beam.Flatten())
     rejected_files = (rejected
@@ -214,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--patient_key", default=DEFAULT_PATIENT_KEY,
                         help="Secret key of the patient-id hash (pseudonyms and split). Keep it stable "
                              "so patients keep their split; set your own to make ids unlinkable.")
-    parser.add_argument("--target_shard_mb", type=int, default=DEFAULT_TARGET_SHARD_MB,
+    parser.add_argument("--target_shard_mb", type=float, default=DEFAULT_TARGET_SHARD_MB,
                         help="Approximate size of one TFRecord shard.")
     parser.add_argument("--overwrite", action="store_true",
                         help="Delete an earlier run's shards, rejected records and manifest first.")
@@ -232,8 +230,8 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error("give at least one source: --rsna_dir, --covid_dir or --csv")
     if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
         parser.error(f"--image_size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {args.image_size}")
-    if args.target_shard_mb < 1:
-        parser.error("--target_shard_mb must be at least 1")
+    if args.target_shard_mb <= 0:
+        parser.error("--target_shard_mb must be positive")
     try:
         splitting.parse_split(args.split)
         augmentation.parse_multipliers(args.augment)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from beam_pipelines import imaging
+from beam_pipelines import dicom_writer, imaging, phantom
 
 SIZE = 64
 
@@ -142,3 +142,34 @@ def test_png_round_trip_is_lossless():
     pixels = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
     decoded = np.asarray(Image.open(io.BytesIO(imaging.encode_png(pixels))))
     np.testing.assert_array_equal(decoded, pixels)
+
+
+def test_jpeg_baseline_fast_path_matches_a_full_decode():
+    """DCT-scaled decoding of RSNA-style frames gives what a full decode + resize gives."""
+    chest = phantom.render_chest(3, "pneumonia", 512)
+    data = dicom_writer.dicom_bytes(chest, patient_id="p", view="PA", sex="F", age=40)
+    fast = imaging.preprocess_image(data, SIZE).pixels
+    full = pydicom.dcmread(io.BytesIO(data)).pixel_array
+    slow = imaging.fit_square(imaging.scale_to_uint8(full), SIZE)
+    assert np.abs(fast.astype(int) - slow.astype(int)).mean() < 3.0
+    assert np.corrcoef(fast.ravel(), slow.ravel())[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("variant", [
+    {"transfer_syntax": "explicit_le", "bits_stored": 12, "rescale": (1.0, -1024.0), "window": True},
+    {"transfer_syntax": "explicit_le", "bits_stored": 16},
+    {"transfer_syntax": "explicit_le", "bits_stored": 12, "photometric": "MONOCHROME1", "window": True},
+])
+def test_rsna_variants_decode_like_the_baseline_image(variant):
+    chest = phantom.render_chest(5, "normal", 256)
+    baseline = imaging.preprocess_image(
+        dicom_writer.dicom_bytes(chest, patient_id="p", view="AP", sex="M", age=60), SIZE).pixels
+    pixels = imaging.preprocess_image(
+        dicom_writer.dicom_bytes(chest, patient_id="p", view="AP", sex="M", age=60, **variant), SIZE).pixels
+    assert np.corrcoef(baseline.ravel(), pixels.ravel())[0, 1] > 0.95, "same anatomy, same polarity"
+
+
+def test_view_position_comes_from_the_dicom_header():
+    data = dicom_writer.dicom_bytes(phantom.render_chest(1, "normal", 64), patient_id="p", view="AP",
+                                    sex="M", age=30)
+    assert imaging.preprocess_image(data, 32).view == "AP"

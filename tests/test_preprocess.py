@@ -1,0 +1,255 @@
+"""The preprocess job end to end, on the synthetic layouts plus every kind of bad input."""
+
+import collections
+import glob
+import json
+import os
+import shutil
+
+import apache_beam as beam
+import pydicom
+import pytest
+import tensorflow as tf
+from pydicom.data import get_testdata_file
+
+from beam_pipelines import preprocess, schema, synthesize
+from beam_pipelines.options import build_pipeline_options
+
+IMAGE_SIZE = 32
+MULTIPLIERS = {"normal": 2, "pneumonia": 3, "covid19": 5}
+AUGMENT_FLAG = ",".join(f"{name}={value}" for name, value in MULTIPLIERS.items())
+
+
+def read_records(output_dir: str, split: str) -> list[tf.train.Example]:
+    files = sorted(glob.glob(os.path.join(output_dir, schema.shard_pattern(split))))
+    return [tf.train.Example.FromString(raw.numpy())
+            for raw in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def feature(example: tf.train.Example, key: str):
+    value = example.features.feature[key]
+    return value.int64_list.value[0] if key in schema.INT64_FEATURES else value.bytes_list.value[0]
+
+
+def read_rejected(output_dir: str) -> list[dict]:
+    rows = []
+    for path in glob.glob(os.path.join(output_dir, "rejected-*.jsonl")):
+        with open(path) as handle:
+            rows.extend(json.loads(line) for line in handle if line.strip())
+    return rows
+
+
+@pytest.fixture(scope="module")
+def raw_dir(tmp_path_factory) -> str:
+    """Synthetic RSNA + covid layouts, with a bad file of every kind planted among them."""
+    root = str(tmp_path_factory.mktemp("raw"))
+    synthesize.run([f"--output_dir={root}", "--num_rsna=48", "--num_covid=24", "--image_size=96",
+                    "--seed=11"])
+    images = sorted(glob.glob(f"{root}/rsna/stage_2_train_images/*.dcm"))
+    used = [path for path in images if _rsna_label_is_used(root, path)]
+    missing, truncated, not_dicom, no_pixels, bad_stream = used[:5]
+    os.remove(missing)
+    with open(truncated, "rb") as handle:
+        data = handle.read()
+    with open(truncated, "wb") as handle:
+        handle.write(data[: len(data) // 2])
+    with open(not_dicom, "wb") as handle:
+        handle.write(b"%PDF-1.4 this is a report, not an image")
+    shutil.copy(get_testdata_file("rtplan.dcm", download=False), no_pixels)
+    shutil.copy(get_testdata_file("JPEG-lossy.dcm", download=False), bad_stream)
+    covid_images = sorted(glob.glob(f"{root}/covid/images/*"))
+    with open(covid_images[0], "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n broken")
+    with open(f"{root}/own.csv", "w") as handle:
+        handle.write("image_uri,label,patient_id,view\n")
+        handle.write(f"{covid_images[1]},normal,own-1,PA\n")
+        handle.write(f"{covid_images[2]},effusion,own-2,PA\n")
+        handle.write(f"{root}/does-not-exist.png,covid19,own-3,PA\n")
+    return root
+
+
+def _rsna_label_is_used(root: str, image_path: str) -> bool:
+    patient = os.path.basename(image_path)[:-4]
+    with open(f"{root}/rsna/stage_2_detailed_class_info.csv") as handle:
+        classes = {line.split(",", 1)[0]: line.strip().split(",", 1)[1] for line in handle}
+    return classes[patient] != "No Lung Opacity / Not Normal"
+
+
+def run_job(raw_dir: str, output_dir: str, *extra: str) -> dict:
+    return preprocess.run([
+        f"--rsna_dir={raw_dir}/rsna", f"--covid_dir={raw_dir}/covid", f"--csv={raw_dir}/own.csv",
+        f"--output_dir={output_dir}", f"--image_size={IMAGE_SIZE}", f"--augment={AUGMENT_FLAG}",
+        "--seed=5", "--target_shard_mb=0.02", *extra])
+
+
+@pytest.fixture(scope="module")
+def job(raw_dir, tmp_path_factory) -> tuple[str, dict]:
+    output_dir = str(tmp_path_factory.mktemp("out_parallel"))
+    manifest = run_job(raw_dir, output_dir, "--direct_num_workers=2", "--direct_running_mode=multi_processing")
+    return output_dir, manifest
+
+
+def all_records(output_dir: str) -> dict[str, list[tf.train.Example]]:
+    return {split: read_records(output_dir, split) for split in schema.SPLITS}
+
+
+def test_no_patient_is_in_two_splits(job):
+    records = all_records(job[0])
+    patients = {split: {feature(example, schema.PATIENT_ID) for example in examples}
+                for split, examples in records.items()}
+    assert patients["train"] and patients["val"] | patients["test"]
+    assert not patients["train"] & patients["val"]
+    assert not patients["train"] & patients["test"]
+    assert not patients["val"] & patients["test"]
+
+
+def test_multipliers_apply_to_train_only(job):
+    records = all_records(job[0])
+    copies = collections.defaultdict(set)
+    for example in records["train"]:
+        label = feature(example, schema.LABEL_TEXT).decode()
+        copies[(feature(example, schema.IMAGE_ID), label)].add(feature(example, schema.AUGMENTATION))
+    assert copies
+    for (_, label), indices in copies.items():
+        assert indices == set(range(MULTIPLIERS[label]))
+    for split in ("val", "test"):
+        assert {feature(example, schema.AUGMENTATION) for example in records[split]} == {0}
+
+
+def dicom_identifying_values(raw_dir: str) -> set[str]:
+    """Every identifying header value the synthetic DICOMs carry."""
+    values = set()
+    for path in glob.glob(f"{raw_dir}/rsna/stage_2_train_images/*.dcm"):
+        try:
+            dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # the planted bad files
+            continue
+        for keyword in ("PatientName", "PatientID", "AccessionNumber", "InstitutionName", "StudyDate",
+                        "PatientBirthDate", "ReferringPhysicianName", "StudyInstanceUID", "SOPInstanceUID"):
+            if dataset.get(keyword):
+                values.add(str(dataset.get(keyword)))
+    return values
+
+
+def test_records_hold_the_schema_and_nothing_from_the_dicom_header(job, raw_dir):
+    records = [example for examples in all_records(job[0]).values() for example in examples]
+    identifying = dicom_identifying_values(raw_dir)
+    assert len(identifying) > 50
+    metadata_values = set()
+    for example in records:
+        assert set(example.features.feature) == schema.FEATURE_KEYS
+        assert feature(example, schema.IMAGE_FORMAT) == b"png"
+        assert feature(example, schema.IMAGE_HEIGHT) == feature(example, schema.IMAGE_WIDTH) == IMAGE_SIZE
+        image = tf.io.decode_png(feature(example, schema.IMAGE_ENCODED)).numpy()
+        assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 1)
+        assert schema.CLASS_NAMES[feature(example, schema.LABEL)] == feature(example, schema.LABEL_TEXT).decode()
+        metadata_values.update(feature(example, key).decode() for key in schema.BYTES_FEATURES
+                               if key != schema.IMAGE_ENCODED)
+    assert not {value for value in metadata_values for secret in identifying if secret in value}
+    everything = b"".join(example.SerializeToString() for example in records)
+    assert not [value for value in identifying if len(value) >= 8 and value.encode() in everything]
+
+
+def test_every_bad_input_is_rejected_with_its_reason(job, raw_dir):
+    output_dir, manifest = job
+    rejected = read_rejected(output_dir)
+    kinds = collections.Counter((row["stage"], row["kind"]) for row in rejected)
+    for expected in [("read", "missing_file"), ("decode", "truncated_file"), ("decode", "not_dicom"),
+                     ("decode", "no_pixel_data"), ("decode", "not_an_image"), ("label", "unknown_label"),
+                     ("select", "excluded_not_normal")]:
+        assert kinds[expected] >= 1, f"no rejection {expected} in {kinds}"
+    assert kinds[("decode", "pixel_decode_failed")] == 1, "the non-conformant JPEG stream"
+    assert all(row["uri"] and row["reason"] for row in rejected)
+    assert f"{raw_dir}/does-not-exist.png" in {row["uri"] for row in rejected}
+    inputs = manifest["inputs"]
+    assert inputs["listed"] == inputs["used"] + inputs["rejected"]
+    assert inputs["rejected"] == len(rejected)
+    assert manifest["rejected"] == {f"{stage}/{kind}": count for (stage, kind), count in sorted(kinds.items())}
+
+
+def test_manifest_counts_match_the_records(job):
+    output_dir, manifest = job
+    with open(os.path.join(output_dir, schema.MANIFEST_FILE)) as handle:
+        assert json.load(handle) == manifest
+    for split, examples in all_records(output_dir).items():
+        counted = collections.Counter(feature(example, schema.LABEL_TEXT).decode() for example in examples)
+        originals = collections.Counter(feature(example, schema.LABEL_TEXT).decode() for example in examples
+                                        if feature(example, schema.AUGMENTATION) == 0)
+        assert manifest["examples"][split] == {name: counted[name] for name in schema.CLASS_NAMES}
+        assert manifest["originals"][split] == {name: originals[name] for name in schema.CLASS_NAMES}
+    assert manifest["augmentation_multipliers"] == MULTIPLIERS
+    assert manifest["schema"]["classes"] == list(schema.CLASS_NAMES)
+    assert "patient_key" not in manifest["options"]
+    shard_files = {shard["file"] for shard in manifest["shards"]}
+    assert shard_files == {os.path.basename(path) for path in glob.glob(f"{output_dir}/*.tfrecord.gz")}
+    train_shards = [name for name in shard_files if name.startswith("train-")]
+    assert len(train_shards) > 1 and all(name.endswith(f"-of-{len(train_shards):05d}.tfrecord.gz")
+                                         for name in train_shards)
+
+
+def test_a_rerun_on_another_runner_mode_gives_identical_records(job, raw_dir, tmp_path):
+    rerun_dir = str(tmp_path / "out_in_memory")
+    run_job(raw_dir, rerun_dir, "--direct_num_workers=1")
+    first = sorted(os.path.basename(path) for path in glob.glob(f"{job[0]}/*.tfrecord.gz"))
+    assert first == sorted(os.path.basename(path) for path in glob.glob(f"{rerun_dir}/*.tfrecord.gz"))
+    for name in first:
+        records = [list(tf.data.TFRecordDataset(os.path.join(directory, name), compression_type="GZIP")
+                        .as_numpy_iterator()) for directory in (job[0], rerun_dir)]
+        assert records[0] == records[1], f"{name} differs between runs"
+
+
+def test_auto_multipliers_balance_the_train_classes(raw_dir, tmp_path):
+    manifest = preprocess.run([f"--covid_dir={raw_dir}/covid", f"--rsna_dir={raw_dir}/rsna",
+                               f"--output_dir={tmp_path}", "--image_size=16", "--augment=auto"])
+    originals = manifest["originals"]["train"]
+    largest = max(originals.values())
+    for name, count in originals.items():
+        assert manifest["augmentation_multipliers"][name] == (max(1, round(largest / count)) if count else 1)
+        assert manifest["examples"]["train"][name] == count * manifest["augmentation_multipliers"][name]
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], "give at least one source"),
+    (["--rsna_dir=/nowhere/rsna"], "stage_2_train_labels.csv does not exist"),
+    (["--covid_dir={raw}/covid", "--split=0.5,0.5"], "--split"),
+    (["--covid_dir={raw}/covid", "--augment=covid19=30"], "--augment"),
+    (["--covid_dir={raw}/covid", "--image_size=4"], "--image_size"),
+])
+def test_bad_flags_fail_fast_with_a_clear_message(raw_dir, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exited:
+        preprocess.run([flag.format(raw=raw_dir) for flag in flags] + [f"--output_dir={tmp_path}"])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not os.listdir(tmp_path), "nothing may be written before the flags are valid"
+
+
+def test_a_used_output_dir_needs_overwrite(job, raw_dir, tmp_path, capsys):
+    output_dir = str(tmp_path / "reused")
+    shutil.copytree(job[0], output_dir)
+    with pytest.raises(SystemExit):
+        preprocess.run([f"--covid_dir={raw_dir}/covid", f"--output_dir={output_dir}"])
+    assert "--overwrite" in capsys.readouterr().err
+    manifest = preprocess.run([f"--covid_dir={raw_dir}/covid", f"--output_dir={output_dir}", "--overwrite",
+                               "--image_size=16"])
+    shards = {os.path.basename(path) for path in glob.glob(f"{output_dir}/*.tfrecord.gz")}
+    assert shards == {shard["file"] for shard in manifest["shards"]}, "no shard of the old run is left"
+
+
+def test_translates_to_a_dataflow_job_offline(raw_dir, tmp_path):
+    """DataflowRunner's dry run builds the job request without calling Google Cloud."""
+    parser = preprocess.build_parser()
+    args, beam_args = parser.parse_known_args([
+        f"--rsna_dir={raw_dir}/rsna", f"--covid_dir={raw_dir}/covid", f"--output_dir={tmp_path}",
+        "--runner=DataflowRunner", "--project=test-project", "--region=us-central1",
+        "--temp_location=gs://test-bucket/tmp", "--job_name=cxr-preprocess-test", "--no_auth",
+        "--dry_run=True", "--sdk_location=container"])
+    options = build_pipeline_options(beam_args)
+    pipeline = beam.Pipeline(options=options)
+    preprocess.build_pipeline(pipeline, args)
+    result = pipeline.run()
+    job = result.job
+    assert job.proto.name == "cxr-preprocess-test"
+    names = {transform.unique_name for transform in job.proto_pipeline.components.transforms.values()}
+    assert {"ListSources", "FanOut", "ReadAndPrepare", "ExpandAndEncode", "WriteShards",
+            "WriteRejected", "WriteManifest"} <= names
+    assert options.view_as(beam.options.pipeline_options.SetupOptions).setup_file.endswith("setup.py")
