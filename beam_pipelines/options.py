@@ -1,5 +1,6 @@
 """Pipeline options shared by every job: the runner choice and Dataflow packaging."""
 
+import logging
 import os
 
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions, WorkerOptions
@@ -27,3 +28,9 @@ def build_pipeline_options(beam_args: list[str]) -> PipelineOptions:
             and os.path.exists(PROJECT_SETUP_FILE)):
         setup.setup_file = PROJECT_SETUP_FILE
     return options
+
+
+def configure_logging() -> None:
+    """INFO for the job's own messages; Beam's runner internals only from WARNING up."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)

@@ -19,7 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipelines import augmentation, example_codec, imaging, schema, sources, splitting
 from beam_pipelines.manifest import WriteManifestFn, format_summary, read_manifest
-from beam_pipelines.options import build_pipeline_options
+from beam_pipelines.options import build_pipeline_options, configure_logging
 from beam_pipelines.records import PreparedImage, Rejection, SourceImage
 from beam_pipelines.tfrecord_shards import DEFAULT_TARGET_SHARD_MB, EncodedExample, WriteShardedTFRecords
 
@@ -140,14 +140,18 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
                     ReadAndPrepareFn(args.image_size, args.patient_key, fractions)).with_outputs(
                         REJECTED, main="prepared"))
 
-    train_originals = _count_per_key(
-        prepared.prepared | "TrainOnly" >> beam.Filter(lambda image: image.split == "train"),
-        "TrainOriginals", lambda image: image.label)
-    multipliers = (pipeline
-                   | "MultiplierSeed" >> beam.Create([None])
-                   | "DecideMultipliers" >> beam.Map(
-                       lambda _, counts: configured_multipliers or augmentation.balanced_multipliers(counts),
-                       counts=beam.pvalue.AsDict(train_originals)))
+    if configured_multipliers:
+        # Known up front: decoding, augmentation and encoding then fuse into one stage.
+        multipliers = pipeline | "Multipliers" >> beam.Create([configured_multipliers])
+    else:
+        train_originals = _count_per_key(
+            prepared.prepared | "TrainOnly" >> beam.Filter(lambda image: image.split == "train"),
+            "TrainOriginals", lambda image: image.label)
+        multipliers = (pipeline
+                       | "MultiplierSeed" >> beam.Create([None])
+                       | "BalanceMultipliers" >> beam.Map(
+                           lambda _, counts: augmentation.balanced_multipliers(counts),
+                           counts=beam.pvalue.AsDict(train_originals)))
 
     examples = prepared.prepared | "ExpandAndEncode" >> beam.ParDo(
         ExpandExamplesFn(args.seed), multipliers=beam.pvalue.AsSingleton(multipliers))
@@ -264,5 +268,5 @@ def run(argv: list[str] | None = None) -> dict | None:
 
 
 if __name__ == "__main__":
-    logging.getLogger().setLevel(logging.INFO)
+    configure_logging()
     run(sys.argv[1:])

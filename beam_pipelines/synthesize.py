@@ -41,7 +41,7 @@ from apache_beam.runners.runner import PipelineResult
 from PIL import Image
 
 from beam_pipelines import dicom_writer, phantom, sources
-from beam_pipelines.options import build_pipeline_options
+from beam_pipelines.options import build_pipeline_options, configure_logging
 
 METRICS_NAMESPACE: Final = "synthesize"
 MIN_IMAGE_SIZE: Final = 32
@@ -462,7 +462,7 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
 
 
 if __name__ == "__main__":
-    logging.getLogger().setLevel(logging.INFO)
+    configure_logging()
     # Run the imported module, not __main__, so that workers in other processes can
     # unpickle the work items and DoFns by their importable names.
     from beam_pipelines import synthesize
