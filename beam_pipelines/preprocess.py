@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines import augmentation, example_codec, imaging, schema, sources, splitting
+from beam_pipelines import augmentation, example_codec, reading, schema, sources, splitting
 from beam_pipelines.manifest import WriteManifestFn, format_summary, read_manifest
 from beam_pipelines.options import build_pipeline_options, configure_logging
 from beam_pipelines.records import PreparedImage, Rejection, SourceImage
@@ -47,21 +47,9 @@ class ReadAndPrepareFn(beam.DoFn):
         if self._seen % PROGRESS_EVERY == 0:
             logging.info("worker has prepared %d images", self._seen)
         try:
-            with FileSystems.open(image.image_uri, compression_type="uncompressed") as handle:
-                data = handle.read()
-        except Exception as error:  # FileSystems raises IOError, BeamIOError or a GCS error
-            missing = not FileSystems.exists(image.image_uri)
-            yield self._reject(image, "read", "missing_file" if missing else "read_failed",
-                               "the label row's image does not exist" if missing
-                               else f"{type(error).__name__}: {error}")
-            return
-        try:
-            decoded = imaging.preprocess_image(data, self._image_size, image.image_uri)
-        except imaging.ImageDecodeError as error:
-            yield self._reject(image, "decode", error.kind, error.reason)
-            return
-        except Exception as error:  # a decoder bug must not fail the job: record it instead
-            yield self._reject(image, "decode", "unexpected_error", f"{type(error).__name__}: {error}")
+            decoded = reading.read_and_preprocess(image.image_uri, self._image_size)
+        except reading.UnusableInput as unusable:
+            yield self._reject(image, unusable.stage, unusable.kind, unusable.reason)
             return
         patient_key = splitting.pseudonymous_patient_id(self._patient_key, image.source, image.patient_id)
         self._prepared.inc()

@@ -67,6 +67,13 @@ def _join(base: str, *parts: str) -> str:
     return FileSystems.join(base, *parts)
 
 
+def resolve_listed_uri(uri: str, csv_path: str) -> str:
+    """A uri from a CSV column; relative ones resolve next to the CSV."""
+    if "://" in uri or posixpath.isabs(uri):
+        return uri
+    return _join(posixpath.dirname(csv_path), uri)
+
+
 class ParseRsnaLabelsFn(beam.DoFn):
     """RSNA labels → one `SourceImage` per patient, however many box rows it has."""
 
@@ -187,11 +194,9 @@ class ParseLabelCsvFn(beam.DoFn):
         missing = set(CSV_REQUIRED_COLUMNS) - set(header)
         if missing:
             raise ValueError(f"{csv_path} lacks columns {sorted(missing)}")
-        base = posixpath.dirname(csv_path)
         for row in rows:
-            image_key = uri = row["image_uri"]
-            if "://" not in uri and not posixpath.isabs(uri):
-                uri = _join(base, uri)
+            image_key = row["image_uri"]
+            uri = resolve_listed_uri(image_key, csv_path)
             label = CLASS_ALIASES.get(row["label"].lower())
             if label is None or not row["patient_id"]:
                 self._rejected.inc()
