@@ -16,6 +16,7 @@ REQUIRED_PACKAGES = [
     "numpy>=1.26,<3",
     "google-cloud-storage>=2.18,<4",
     "absl-py>=1.4,<2",
+    "tensorboard~=2.21.0",
 ]
 
 setuptools.setup(

@@ -196,6 +196,7 @@ PREDICT_SAMPLES = {
     "model_dir": "gs://bucket/models/run-1/model/export",
     "input_pattern": "gs://bucket/incoming/*.dcm",
     "output_path": "gs://bucket/predictions/run-1/predictions",
+    "image_size": "224",
 }
 
 
@@ -361,7 +362,8 @@ def test_run_predict_requires_inputs_and_passes_template_parameters():
     assert passed.pop("sdk_container_image") == "us-central1-docker.pkg.dev/p/cxr/cxr-predict:t"
     assert passed == {"model_dir": "gs://b/models/r/model/export", "input_pattern": "gs://b/incoming/*.dcm",
                       "output_path": "gs://b/predictions/r/predictions"}
-    assert set(passed) == set(parameters("predict"))
+    assert set(passed) == {name for name, parameter in parameters("predict").items()
+                           if not parameter.get("isOptional")}
 
 
 def substitutions(command: str) -> set[str]:

@@ -1,0 +1,34 @@
+"""`make bench`: runs every benchmark and writes BENCHMARKS.md from their sections."""
+
+import argparse
+import os
+
+from benchmarks import data_plane, input_pipeline
+
+HEADER = """# Benchmarks
+
+Written by `make bench` (`python -m benchmarks.run`); every figure below was measured
+by that run on the machine it names, unless a line says it is worked out on paper.
+Re-run it after touching performance-relevant code.
+
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--work_dir", default="bench_output")
+    parser.add_argument("--output", default="BENCHMARKS.md")
+    parser.add_argument("--num_images", type=int, default=2000)
+    args = parser.parse_args()
+    os.makedirs(args.work_dir, exist_ok=True)
+    sections = [
+        data_plane.main([f"--work_dir={args.work_dir}", f"--num_images={args.num_images}"]),
+        input_pipeline.main([f"--work_dir={os.path.join(args.work_dir, 'input_pipeline')}"]),
+    ]
+    with open(args.output, "w") as handle:
+        handle.write(HEADER + "\n".join(sections))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""Batch prediction, the cxr-predict command and Grad-CAM, with an untrained exported model.
+
+One untrained ResNet50 at 64² serves every test, rather than 32²: at 32² the last block
+(`conv5_block3_out`, input / 32 a side) is a single position, so every Grad-CAM map would
+be constant; at 64² it is 2×2. The model's weights are random, so the tests check plumbing
+and train/serve agreement, not accuracy.
+"""
+
+import csv
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from beam_pipelines import dicom_writer, imaging, phantom, predict, preprocess, schema, sources, splitting
+from trainer import export, features, gradcam, study
+from trainer import model as model_lib
+
+IMAGE_SIZE = 64
+STUDY_SIDE = (160, 136)  # Not square, so the padding to a square is part of what is compared.
+GOOD_DICOMS = {  # file name → (label, dicom_writer options)
+    "study-0.dcm": ("normal", {}),
+    "study-1.dcm": ("pneumonia", {"transfer_syntax": "explicit_le", "bits_stored": 12, "photometric": "MONOCHROME1"}),
+    "study-2.dcm": ("covid19", {"transfer_syntax": "rle", "bits_stored": 16, "rescale": (2.0, -1024.0),
+                                "window": True}),
+}
+GOOD_PNG = "study,3.png"  # A comma, so the CSV writer must quote the uri.
+BAD_FILES = {"garbage.dcm": ("decode", "not_dicom"), "truncated.dcm": ("decode", "truncated_file")}
+
+
+def read_prediction_rows(output_path: str) -> dict[str, dict[str, str]]:
+    with open(predict.single_file_name(output_path, ".csv"), newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == ("uri", "predicted_class", "p_normal", "p_pneumonia", "p_covid19")
+        return {row["uri"]: row for row in reader}
+
+
+def read_rejections(output_path: str) -> dict[str, dict]:
+    with open(predict.single_file_name(predict.rejected_prefix(output_path), ".jsonl")) as handle:
+        return {record["uri"]: record for record in map(json.loads, handle) if record}
+
+
+def probabilities(row: dict[str, str]) -> np.ndarray:
+    return np.array([float(row[f"p_{name}"]) for name in schema.CLASS_NAMES])
+
+
+@pytest.fixture(scope="module")
+def job_dir(tmp_path_factory) -> str:
+    """A trainer job dir as the trainer leaves it: export/ and model.keras."""
+    job_dir = str(tmp_path_factory.mktemp("job"))
+    keras.utils.set_random_seed(3)
+    model = model_lib.build_model(IMAGE_SIZE, weights=None)
+    export.export_saved_model(model, os.path.join(job_dir, "export"), IMAGE_SIZE)
+    model.save(os.path.join(job_dir, gradcam.KERAS_MODEL_FILE))
+    return job_dir
+
+
+@pytest.fixture(scope="module")
+def export_dir(job_dir) -> str:
+    return os.path.join(job_dir, "export")
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory) -> str:
+    """images/ with DICOMs of several encodings, a PNG and two bad files; labels.csv lists the good ones."""
+    root = tmp_path_factory.mktemp("studies")
+    images = root / "images"
+    images.mkdir()
+    for index, (name, (label, options)) in enumerate(GOOD_DICOMS.items()):
+        pixels = phantom.render_chest(index, label, max(STUDY_SIDE))[:STUDY_SIDE[0], :STUDY_SIDE[1]]
+        (images / name).write_bytes(dicom_writer.dicom_bytes(
+            np.ascontiguousarray(pixels), patient_id=f"patient-{index}", view="PA", sex="F", age=50, **options))
+    png_pixels = (phantom.render_chest(9, "pneumonia", max(STUDY_SIDE)) >> 8).astype(np.uint8)
+    Image.fromarray(png_pixels[:STUDY_SIDE[1], :STUDY_SIDE[0]]).save(images / GOOD_PNG)
+    (images / "garbage.dcm").write_bytes(b"%PDF-1.4 a report, not an image")
+    (images / "truncated.dcm").write_bytes((images / "study-0.dcm").read_bytes()[:3000])
+    with open(root / "labels.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_uri", "label", "patient_id"])
+        for index, (name, (label, _)) in enumerate(GOOD_DICOMS.items()):
+            writer.writerow([f"images/{name}", label, f"patient-{index}"])
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def glob_run(studies, export_dir, tmp_path_factory) -> str:
+    output_path = str(tmp_path_factory.mktemp("glob_run") / "predictions")
+    predict.run([f"--model_dir={export_dir}", f"--input_pattern={studies}/images/*",
+                 f"--output_path={output_path}", f"--image_size={IMAGE_SIZE}"])
+    return output_path
+
+
+@pytest.fixture(scope="module")
+def training_records(studies, tmp_path_factory) -> dict[str, bytes]:
+    """The preprocess job's original (augmentation 0) records of labels.csv, by image id."""
+    output_dir = str(tmp_path_factory.mktemp("tfrecords"))
+    preprocess.run([f"--csv={studies}/labels.csv", f"--output_dir={output_dir}", f"--image_size={IMAGE_SIZE}",
+                    "--augment=normal=1,pneumonia=1,covid19=1"])
+    files = glob.glob(os.path.join(output_dir, "*" + schema.TFRECORD_SUFFIX))
+    records = {}
+    for raw in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
+        features = tf.train.Example.FromString(raw).features.feature
+        if features[schema.AUGMENTATION].int64_list.value[0] == 0:
+            records[features[schema.IMAGE_ID].bytes_list.value[0].decode()] = raw
+    return records
+
+
+# Batch prediction -----------------------------------------------------------------------------
+
+def test_every_input_is_a_row_or_a_rejection(studies, glob_run):
+    rows = read_prediction_rows(glob_run)
+    rejections = read_rejections(glob_run)
+
+    image_dir = os.path.join(studies, "images")
+    assert set(rows) == {os.path.join(image_dir, name) for name in [*GOOD_DICOMS, GOOD_PNG]}
+    assert {uri: (record["stage"], record["kind"]) for uri, record in rejections.items()} == {
+        os.path.join(image_dir, name): expected for name, expected in BAD_FILES.items()}
+    assert all(record["source"] == "glob" and record["reason"] for record in rejections.values())
+    for row in rows.values():
+        assert probabilities(row).sum() == pytest.approx(1.0, abs=1e-5)
+        assert row["predicted_class"] == schema.CLASS_NAMES[int(np.argmax(probabilities(row)))]
+
+
+def test_csv_listing_resolves_relative_uris_and_rejects_missing_files(studies, export_dir, glob_run, tmp_path):
+    listing = os.path.join(studies, "listing.csv")
+    with open(listing, "w", newline="") as handle:
+        csv.writer(handle).writerows([
+            ["image_uri", "note"],
+            ["images/study-0.dcm", "relative to the CSV"],
+            [os.path.join(studies, "images", "study-1.dcm"), "absolute"],
+            ["images/missing.dcm", "listed, not there"],
+            ["", "no uri"],
+        ])
+    output_path = str(tmp_path / "predictions")
+
+    predict.run([f"--model_dir={export_dir}", f"--input_pattern={listing}", f"--output_path={output_path}",
+                 f"--image_size={IMAGE_SIZE}"])
+
+    rows = read_prediction_rows(output_path)
+    first, second = (os.path.join(studies, "images", name) for name in ("study-0.dcm", "study-1.dcm"))
+    assert set(rows) == {first, second}
+    glob_rows = read_prediction_rows(glob_run)
+    for uri in (first, second):
+        assert rows[uri]["predicted_class"] == glob_rows[uri]["predicted_class"]
+        # Batches differ between the runs, and oneDNN's float sums with them.
+        np.testing.assert_allclose(probabilities(rows[uri]), probabilities(glob_rows[uri]), rtol=0, atol=1e-5)
+    rejections = read_rejections(output_path)
+    assert {uri: (record["stage"], record["kind"]) for uri, record in rejections.items()} == {
+        os.path.join(studies, "images", "missing.dcm"): ("read", "missing_file"),
+        listing: ("read", "empty_uri"),
+    }
+
+
+def test_predictions_equal_the_served_training_records(studies, glob_run, training_records, export_dir):
+    """Train/serve skew: a DICOM through batch prediction = its training record through serving_default."""
+    rows = read_prediction_rows(glob_run)
+    serving_default = tf.saved_model.load(export_dir).signatures[export.SERVING_EXAMPLES]
+
+    for name in GOOD_DICOMS:
+        image_id = splitting.pseudonymous_image_id(preprocess.DEFAULT_PATIENT_KEY, sources.CSV, f"images/{name}")
+        record = training_records[image_id]
+        served = serving_default(**{export.EXAMPLES_INPUT: tf.constant([record])})["probabilities"].numpy()[0]
+
+        np.testing.assert_allclose(probabilities(rows[os.path.join(studies, "images", name)]), served,
+                                   rtol=0, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--input_pattern={studies}/images/*.jpg"], "matches no files"),
+    (["--input_pattern={studies}/labels.csv", "--image_size=32"], "does not take 32x32 images"),
+    (["--input_pattern={studies}/labels.csv", "--model_dir={studies}"], "is not a SavedModel folder"),
+    (["--input_pattern={studies}/images/*", "--output_path={studies}/out/"], "is a file prefix"),
+])
+def test_bad_flags_fail_before_the_job_starts(flags, message, studies, export_dir, capsys):
+    defaults = [f"--model_dir={export_dir}", f"--output_path={studies}/unused/predictions",
+                f"--image_size={IMAGE_SIZE}"]
+
+    with pytest.raises(SystemExit) as exit_info:
+        predict.run(defaults + [flag.format(studies=studies) for flag in flags])
+
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(studies, "unused"))
+
+
+# cxr-predict ----------------------------------------------------------------------------------
+
+def printed_values(output: str) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in output.strip().splitlines())
+
+
+def test_study_prints_the_batch_prediction_and_writes_grad_cam(studies, job_dir, glob_run, tmp_path, capsys):
+    dicom = os.path.join(studies, "images", "study-2.dcm")
+    overlay_path = str(tmp_path / "gradcam.png")
+
+    study.main([dicom, f"--model_dir={job_dir}", f"--image_size={IMAGE_SIZE}", f"--gradcam={overlay_path}"])
+
+    printed = printed_values(capsys.readouterr().out)
+    batch_row = read_prediction_rows(glob_run)[dicom]
+    assert printed["predicted_class"] == batch_row["predicted_class"]
+    np.testing.assert_allclose([float(printed[f"p_{name}"]) for name in schema.CLASS_NAMES],
+                               probabilities(batch_row), rtol=0, atol=1e-5)
+    assert printed["gradcam"] == overlay_path
+    with Image.open(overlay_path) as image:
+        assert (image.format, image.mode, image.size) == ("PNG", "RGB", (512, 512))
+
+
+def test_study_accepts_the_export_folder(studies, export_dir, capsys):
+    study.main([os.path.join(studies, "images", GOOD_PNG), f"--model_dir={export_dir}",
+                f"--image_size={IMAGE_SIZE}"])
+
+    assert set(printed_values(capsys.readouterr().out)) == {
+        "predicted_class", "p_normal", "p_pneumonia", "p_covid19"}
+
+
+@pytest.mark.parametrize("name, message", [
+    ("garbage.dcm", "cannot use {path}: no DICM preamble and no readable DICOM dataset"),
+    ("absent.dcm", "cannot read {path}: No such file or directory"),
+])
+def test_study_reports_an_unreadable_file_in_one_line(name, message, studies, job_dir):
+    path = os.path.join(studies, "images", name)
+
+    result = subprocess.run([sys.executable, "-m", "trainer.study", path, f"--model_dir={job_dir}"],
+                            capture_output=True, text=True, check=False, timeout=60)
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == ["cxr-predict: " + message.format(path=path)]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--image_size=32"], "does not take 32x32 images; pass the --image_size it was trained with"),
+    (["--gradcam={tmp}/gradcam.png", "--model_dir={tmp}/copied_export"], "Grad-CAM needs the model.keras"),
+    (["--model_dir={tmp}"], "holds no SavedModel"),
+    (["--gradcam={tmp}/missing/gradcam.png"], "cannot write {tmp}/missing/gradcam.png"),
+])
+def test_study_reports_model_and_output_problems_in_one_line(flags, message, studies, job_dir, tmp_path):
+    os.symlink(os.path.join(job_dir, "export"), tmp_path / "copied_export")
+    argv = [os.path.join(studies, "images", "study-0.dcm"), f"--model_dir={job_dir}", f"--image_size={IMAGE_SIZE}"]
+
+    with pytest.raises(SystemExit) as exit_info:
+        study.main(argv + [flag.format(tmp=tmp_path) for flag in flags])
+
+    assert message.format(tmp=tmp_path) in str(exit_info.value.code) and "\n" not in str(exit_info.value.code)
+    assert not (tmp_path / "gradcam.png").exists()
+
+
+# Grad-CAM -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def keras_model(job_dir) -> keras.Model:
+    return gradcam.load_model(job_dir)
+
+
+@pytest.fixture(scope="module")
+def study_pixels(studies) -> np.ndarray:
+    with open(os.path.join(studies, "images", "study-1.dcm"), "rb") as handle:
+        return imaging.preprocess_image(handle.read(), IMAGE_SIZE).pixels
+
+
+def test_grad_cam_of_the_prediction_is_a_non_constant_map_at_the_image_size(keras_model, study_pixels):
+    heat_map = gradcam.grad_cam(keras_model, study_pixels)
+
+    assert heat_map.shape == study_pixels.shape
+    assert heat_map.min() >= 0.0 and heat_map.max() == pytest.approx(1.0)
+    assert np.ptp(heat_map) > 0.1
+
+
+@pytest.mark.parametrize("class_id", range(schema.NUM_CLASSES))
+def test_grad_cam_of_any_class_is_scaled_to_its_peak_or_empty(keras_model, study_pixels, class_id):
+    heat_map = gradcam.grad_cam(keras_model, study_pixels, class_id)
+
+    assert heat_map.shape == study_pixels.shape
+    assert heat_map.min() >= 0.0 and heat_map.max() in (0.0, pytest.approx(1.0))
+
+
+def test_grad_cam_explains_the_predicted_class_by_default(keras_model, study_pixels):
+    image = features.decode_image(imaging.encode_png(study_pixels), IMAGE_SIZE)
+    predicted = int(np.argmax(keras_model(image[tf.newaxis], training=False)[0]))
+
+    np.testing.assert_array_equal(gradcam.grad_cam(keras_model, study_pixels),
+                                  gradcam.grad_cam(keras_model, study_pixels, predicted))
+
+
+def test_grad_cam_needs_the_model_input_size(keras_model):
+    with pytest.raises(ValueError, match="the model takes 64x64 images, got 32x32"):
+        gradcam.grad_cam(keras_model, np.zeros((32, 32), dtype=np.uint8))
+
+
+def test_overlay_blends_a_blue_to_red_colormap_over_the_image(tmp_path):
+    pixels = np.full((4, 8), 200, dtype=np.uint8)
+    heat_map = np.tile(np.linspace(0.0, 1.0, 8, dtype=np.float32), (4, 1))
+
+    colours = gradcam.jet_colormap(heat_map)
+    blended = gradcam.overlay(pixels, heat_map)
+
+    assert colours.dtype == np.uint8 and colours.shape == (4, 8, 3)
+    assert np.argmax(colours[0, 0]) == 2 and np.argmax(colours[0, -1]) == 0  # cold is blue, hot is red
+    expected = np.round(0.6 * 200 + 0.4 * colours.astype(np.float32)).astype(np.uint8)
+    np.testing.assert_array_equal(blended, expected)
+    path = str(tmp_path / "overlay.png")
+    gradcam.save_overlay(path, pixels, heat_map)
+    with Image.open(path) as image:
+        assert image.mode == "RGB" and image.size == (8 * 64, 4 * 64)

@@ -1,0 +1,45 @@
+"""Exports the trained model as a SavedModel with two serving signatures.
+
+Signatures (batch prediction and tfx-bsl RunInference depend on these names):
+  serving_default(examples: tf.string [None]) — serialized tf.Examples of
+      `beam_pipelines.schema`; only `image/encoded` is read, so unlabeled records work.
+  predict_png(image_png: tf.string [None]) — 8-bit grayscale PNGs as written by
+      `beam_pipelines.imaging.encode_png` at the training image size.
+Both return {'probabilities': float32 [N, 3], 'class_id': int64 [N]}, the class ids
+indexing `schema.CLASS_NAMES`. Both decode through `trainer.features.decode_image`.
+"""
+
+import keras
+import tensorflow as tf
+
+from beam_pipelines import schema
+from trainer import features
+
+SERVING_EXAMPLES = "serving_default"
+SERVING_PNG = "predict_png"
+EXAMPLES_INPUT = "examples"
+PNG_INPUT = "image_png"
+
+
+def export_saved_model(model: keras.Model, export_dir: str, image_size: int) -> None:
+    """Writes the SavedModel with the `serving_default` and `predict_png` signatures."""
+
+    def predict(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        probabilities = tf.cast(model(images, training=False), tf.float32)
+        return {"probabilities": probabilities, "class_id": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
+
+    def from_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        parsed = tf.io.parse_example(examples, {schema.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)})
+        return predict(features.decode_images(parsed[schema.IMAGE_ENCODED], image_size))
+
+    def from_png(image_png: tf.Tensor) -> dict[str, tf.Tensor]:
+        return predict(features.decode_images(image_png, image_size))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SERVING_EXAMPLES, from_examples,
+                         input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+    archive.add_endpoint(SERVING_PNG, from_png,
+                         input_signature=[tf.TensorSpec([None], tf.string, name=PNG_INPUT)])
+    archive.write_out(export_dir, verbose=False)
+

@@ -1,0 +1,238 @@
+"""Streams the preprocess job's TFRecord shards into training and evaluation batches.
+
+The readers follow tensorflow/models official/: shuffled file list, parallel
+interleaved reads of the GZIP shards, a shuffle buffer of serialized records,
+parallel parse + decode, batching, prefetch. `inspect_data` checks everything
+training relies on first, so a bad data dir fails with a clear message before a
+model exists instead of with a stack trace in the middle of an epoch.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from google.protobuf import message as protobuf_message
+
+from beam_pipelines import schema
+from trainer import features
+
+COMPRESSION = "GZIP"
+SHUFFLE_BUFFER_RECORDS = 4096  # Serialized records (~10 KB each at 128²); spans many augmented copies.
+MAX_PARALLEL_READS = 16
+COUNT_BATCH = 1024
+
+
+class DataError(ValueError):
+    """The data dir cannot feed training; the message says what is wrong and where."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitData:
+    """One split's shards and its examples per class, counted from the records.
+
+    For train every record counts; for val and test only originals
+    (`image/augmentation == 0`), the examples evaluation actually reads.
+    """
+
+    name: str
+    shards: tuple[str, ...]
+    class_counts: tuple[int, ...]
+
+    @property
+    def num_examples(self) -> int:
+        return sum(self.class_counts)
+
+
+def list_shards(data_dir: str, split: str) -> list[str]:
+    """Sorted shard paths of one split (local or gs://)."""
+    return sorted(tf.io.gfile.glob(f"{data_dir.rstrip('/')}/{schema.shard_pattern(split)}"))
+
+
+def inspect_data(data_dir: str, image_size: int) -> dict[str, SplitData]:
+    """Validates the data dir and counts every split.
+
+    A class missing from val or test only warns (the preprocess job warns too, and
+    small datasets can lack one); its sensitivity and ROC-AUC are then undefined.
+
+    Raises:
+      DataError: the dir is missing or empty, a split has no shards or no records,
+        a record does not match `beam_pipelines.schema`, or train lacks a class.
+    """
+    if not tf.io.gfile.isdir(data_dir):
+        raise DataError(f"data dir {data_dir} does not exist; pass the --output_dir of "
+                        "python -m beam_pipelines.preprocess as --data_dir")
+    splits = {}
+    for split in schema.SPLITS:
+        shards = list_shards(data_dir, split)
+        if not shards:
+            raise DataError(f"no {split} shards ({schema.shard_pattern(split)}) in {data_dir}; "
+                            "it must hold the output of python -m beam_pipelines.preprocess")
+        originals_only = split != "train"
+        _check_first_record(split, shards, image_size)
+        counts = _count_classes(split, shards, originals_only)
+        if not counts.sum():
+            kind = "original (image/augmentation == 0) records" if originals_only else "records"
+            raise DataError(f"split {split!r} has no {kind} in its {len(shards)} shard(s) in {data_dir}")
+        missing = [name for name, count in zip(schema.CLASS_NAMES, counts) if not count]
+        if missing and split == "train":
+            raise DataError(
+                f"split 'train' has no examples of class(es) {', '.join(missing)} "
+                f"(counts: {dict(zip(schema.CLASS_NAMES, counts.tolist()))}); the model cannot "
+                "learn a class it never sees: add data or change the split")
+        if missing:
+            logging.warning("split %r has no examples of class(es) %s: their sensitivity and ROC-AUC "
+                            "there are undefined", split, ", ".join(missing))
+        splits[split] = SplitData(split, tuple(shards), tuple(int(count) for count in counts))
+    return splits
+
+
+def validate_record(serialized: bytes, image_size: int) -> None:
+    """Checks one serialized record against the schema; raises DataError listing every problem."""
+    example = tf.train.Example()
+    try:
+        example.ParseFromString(serialized)
+    except protobuf_message.DecodeError as error:
+        raise DataError(f"the record is not a serialized tf.Example ({error})") from error
+    feature = example.features.feature
+    present = set(feature)
+    problems = []
+    if missing := sorted(schema.FEATURE_KEYS - present):
+        problems.append(f"missing keys {missing}")
+    if unexpected := sorted(present - schema.FEATURE_KEYS):
+        problems.append(f"unexpected keys {unexpected}")
+    for keys, kind in ((schema.BYTES_FEATURES, "bytes_list"), (schema.INT64_FEATURES, "int64_list")):
+        for key in sorted(present.intersection(keys)):
+            values = getattr(feature[key], kind).value
+            if feature[key].WhichOneof("kind") != kind or len(values) != 1:
+                problems.append(f"{key} must hold exactly one {kind} value")
+    if problems:
+        raise DataError("the record does not match beam_pipelines/schema.py: " + "; ".join(problems))
+
+    image_format = feature[schema.IMAGE_FORMAT].bytes_list.value[0].decode("utf-8", "replace")
+    if image_format != schema.IMAGE_FORMAT_PNG:
+        raise DataError(f"image/format is {image_format!r}; the trainer reads {schema.IMAGE_FORMAT_PNG!r} only")
+    height = feature[schema.IMAGE_HEIGHT].int64_list.value[0]
+    width = feature[schema.IMAGE_WIDTH].int64_list.value[0]
+    if (height, width) != (image_size, image_size):
+        raise DataError(f"records hold {height}x{width} images but --image_size is {image_size}; "
+                        f"pass --image_size {height} or preprocess again with --image_size {image_size}")
+    label = feature[schema.LABEL].int64_list.value[0]
+    if not 0 <= label < schema.NUM_CLASSES:
+        raise DataError(f"image/class/label {label} is not a class id 0..{schema.NUM_CLASSES - 1}")
+    try:
+        pixels = tf.io.decode_png(feature[schema.IMAGE_ENCODED].bytes_list.value[0], channels=0)
+    except tf.errors.InvalidArgumentError as error:
+        raise DataError(f"image/encoded is not a readable PNG ({error.message})") from error
+    if tuple(pixels.shape) != (height, width, 1) or pixels.dtype != tf.uint8:
+        raise DataError(f"image/encoded must be an 8-bit grayscale {height}x{width} PNG; "
+                        f"it decodes to shape {tuple(pixels.shape)} {pixels.dtype.name}")
+
+
+def train_dataset(split: SplitData, image_size: int, global_batch_size: int,
+                  num_workers: int, seed: int) -> tf.data.Dataset:
+    """Endless, shuffled (image, one-hot label) batches of `global_batch_size`."""
+    files = tf.data.Dataset.from_tensor_slices(list(split.shards))
+    files = files.shuffle(len(split.shards), seed=seed, reshuffle_each_iteration=True)
+    records = _interleave_records(files, len(split.shards), deterministic=False)
+    records = records.shuffle(SHUFFLE_BUFFER_RECORDS, seed=seed, reshuffle_each_iteration=True).repeat()
+    dataset = records.map(lambda record: _image_and_label(_parse(record), image_size),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    dataset = dataset.batch(global_batch_size, drop_remainder=True)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(
+        _options(len(split.shards), num_workers, deterministic=False))
+
+
+def eval_dataset(split: SplitData, image_size: int, batch_size: int, num_workers: int) -> tf.data.Dataset:
+    """One pass over the originals (`image/augmentation == 0`) in a fixed order, last batch kept."""
+    return _originals(split, image_size).batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(
+        _options(len(split.shards), num_workers, deterministic=True))
+
+
+def validation_dataset(split: SplitData, image_size: int, global_batch_size: int,
+                       num_workers: int) -> tf.data.Dataset:
+    """The originals in whole global batches, repeated: fit() reads one pass per epoch.
+
+    Whole batches because a partial batch leaves some replicas an empty batch, which
+    TensorFlow 2.21's oneDNN CPU convolution mishandles (it returns its input's shape).
+    Repeated because Keras cannot restart a dataset of unknown length between epochs;
+    fit() takes `num_examples // global_batch_size` validation steps per epoch.
+    """
+    batches = _originals(split, image_size).batch(global_batch_size, drop_remainder=True)
+    return batches.repeat().prefetch(tf.data.AUTOTUNE).with_options(
+        _options(len(split.shards), num_workers, deterministic=True))
+
+
+def _originals(split: SplitData, image_size: int) -> tf.data.Dataset:
+    files = tf.data.Dataset.from_tensor_slices(list(split.shards))
+    records = _interleave_records(files, len(split.shards), deterministic=True)
+    parsed = records.map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
+    originals = parsed.filter(lambda record: tf.equal(record[schema.AUGMENTATION], 0))
+    return originals.map(lambda record: _image_and_label(record, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _interleave_records(files: tf.data.Dataset, num_files: int, deterministic: bool) -> tf.data.Dataset:
+    return files.interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type=COMPRESSION),
+        cycle_length=min(num_files, MAX_PARALLEL_READS),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+
+
+def _parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    return tf.io.parse_single_example(serialized, features.parse_spec())
+
+
+def _image_and_label(record: dict[str, tf.Tensor], image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    return (features.decode_image(record[schema.IMAGE_ENCODED], image_size),
+            features.one_hot_label(record[schema.LABEL]))
+
+
+def _options(num_shards: int, num_workers: int, deterministic: bool) -> tf.data.Options:
+    """Multi-worker auto-sharding by file when every worker gets a shard, else by record."""
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.FILE if num_shards >= num_workers
+        else tf.data.experimental.AutoShardPolicy.DATA)
+    return options
+
+
+def _check_first_record(split: str, shards: list[str], image_size: int) -> None:
+    records = tf.data.TFRecordDataset(shards, compression_type=COMPRESSION).take(1)
+    try:
+        first = [record.numpy() for record in records]
+    except tf.errors.DataLossError as error:
+        raise DataError(f"split {split!r}: cannot read {shards[0]} as {COMPRESSION}-compressed "
+                        f"TFRecords ({error.message})") from error
+    if first:
+        try:
+            validate_record(first[0], image_size)
+        except DataError as error:
+            raise DataError(f"split {split!r} ({shards[0]}): {error}") from error
+
+
+def _count_classes(split: str, shards: list[str], originals_only: bool) -> np.ndarray:
+    """Examples per class in one pass that parses only the label and augmentation index."""
+    spec = {schema.LABEL: tf.io.FixedLenFeature([], tf.int64),
+            schema.AUGMENTATION: tf.io.FixedLenFeature([], tf.int64)}
+    files = tf.data.Dataset.from_tensor_slices(shards)
+    batches = _interleave_records(files, len(shards), deterministic=False).batch(COUNT_BATCH).map(
+        lambda serialized: tf.io.parse_example(serialized, spec), num_parallel_calls=tf.data.AUTOTUNE)
+    counts = np.zeros(schema.NUM_CLASSES, dtype=np.int64)
+    try:
+        for batch in batches.prefetch(tf.data.AUTOTUNE):
+            labels = batch[schema.LABEL].numpy()
+            if originals_only:
+                labels = labels[batch[schema.AUGMENTATION].numpy() == 0]
+            invalid = labels[(labels < 0) | (labels >= schema.NUM_CLASSES)]
+            if invalid.size:
+                raise DataError(f"split {split!r}: image/class/label {invalid[0]} is not a class id "
+                                f"0..{schema.NUM_CLASSES - 1}")
+            counts += np.bincount(labels, minlength=schema.NUM_CLASSES)
+    except tf.errors.InvalidArgumentError as error:
+        raise DataError(f"split {split!r}: a record does not match beam_pipelines/schema.py "
+                        f"({error.message.splitlines()[0]})") from error
+    except tf.errors.DataLossError as error:
+        raise DataError(f"split {split!r}: a shard is not a readable {COMPRESSION}-compressed "
+                        f"TFRecord file ({error.message.splitlines()[0]})") from error
+    return counts

@@ -1,0 +1,79 @@
+"""ResNet50 with the seed project's classification head, and its two training stages.
+
+The ResNet50 is built on the model's own input tensor, so all of its layers
+(including `FEATURE_LAYER`, which Grad-CAM reads) are layers of the final model and
+reachable with `model.get_layer`. BatchNormalization stays in inference mode in both
+stages: its layers are never trainable (Keras 3 runs non-trainable BatchNormalization
+with its moving statistics), so fine-tuning on small batches cannot wreck them.
+"""
+
+import os
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from beam_pipelines import schema
+from trainer import features
+
+INPUT_NAME = "image"
+FEATURE_LAYER = "conv5_block3_out"
+HEAD_PREFIX = "head_"
+HEAD_POOL_SIZE = 2
+HEAD_UNITS = (256, 128, 64)
+HEAD_DROPOUT_RATES = (0.5, 0.3, 0.2)
+MIN_IMAGE_SIZE = 32  # The smallest input keras.applications.ResNet50 accepts.
+
+
+def resolve_weights(weights: str) -> str | None:
+    """`none` → random init, `imagenet` → Keras download, else a local or gs:// weights file.
+
+    A gs:// file is copied locally first because h5py reads local files only.
+    """
+    if weights.lower() == "none":
+        return None
+    if weights.lower() == "imagenet":
+        return "imagenet"
+    if not tf.io.gfile.exists(weights):
+        raise FileNotFoundError(f"--weights file {weights} does not exist; use imagenet, none or a weights file")
+    if "://" not in weights:
+        return weights
+    local_copy = os.path.join(tempfile.mkdtemp(prefix="resnet50-weights-"), os.path.basename(weights))
+    tf.io.gfile.copy(weights, local_copy)
+    return local_copy
+
+
+def build_model(image_size: int, weights: str | None) -> keras.Model:
+    """ResNet50 (no top) + max pool, global average pool, 3 × (dense, dropout), softmax.
+
+    Call inside `strategy.scope()`. `weights` comes from `resolve_weights`.
+    """
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size {image_size} is below ResNet50's minimum of {MIN_IMAGE_SIZE}")
+    inputs = keras.Input(shape=(image_size, image_size, features.CHANNELS), name=INPUT_NAME)
+    base = keras.applications.ResNet50(include_top=False, weights=weights, input_tensor=inputs)
+    x = keras.layers.MaxPooling2D(HEAD_POOL_SIZE, padding="same", name=f"{HEAD_PREFIX}max_pool")(base.output)
+    x = keras.layers.GlobalAveragePooling2D(name=f"{HEAD_PREFIX}global_average_pool")(x)
+    for index, (units, rate) in enumerate(zip(HEAD_UNITS, HEAD_DROPOUT_RATES), start=1):
+        x = keras.layers.Dense(units, activation="relu", name=f"{HEAD_PREFIX}dense_{index}")(x)
+        x = keras.layers.Dropout(rate, name=f"{HEAD_PREFIX}dropout_{index}")(x)
+    # float32 softmax keeps probabilities exact under mixed precision.
+    outputs = keras.layers.Dense(schema.NUM_CLASSES, activation="softmax", dtype="float32",
+                                 name=f"{HEAD_PREFIX}probabilities")(x)
+    return keras.Model(inputs, outputs, name="resnet50_cxr")
+
+
+def set_stage(model: keras.Model, stage: int) -> None:
+    """Stage 1 trains the head only; stage 2 the whole network. BatchNorm never trains.
+
+    Changing `trainable` takes effect at the next `compile()`.
+    """
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+        elif layer.name.startswith(HEAD_PREFIX):
+            layer.trainable = True
+        else:
+            layer.trainable = stage == 2

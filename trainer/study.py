@@ -1,0 +1,110 @@
+"""Single-study prediction: `cxr-predict FILE --model_dir DIR [--gradcam OUT.png]`.
+
+Prints the predicted class and the three class probabilities for one DICOM, PNG or JPEG,
+computed as batch prediction computes them: `imaging.preprocess_image`, the training
+preprocessing, then the exported `predict_png` signature. `--gradcam` also writes the
+image with a Grad-CAM heat map over it (see trainer.gradcam), made with the Keras model
+the trainer saves next to its export.
+
+The file is read and decoded before TensorFlow is imported: an unreadable study is
+reported at once, in one line, without TensorFlow's seconds of start-up and log lines.
+"""
+
+import argparse
+import os
+
+import numpy as np
+
+from beam_pipelines import imaging, schema
+
+PROG = "cxr-predict"
+DEFAULT_IMAGE_SIZE = 128
+EXPORT_DIR = "export"
+
+
+class StudyError(Exception):
+    """A problem the user can fix (the file, the model folder or a flag), shown as one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    parser.add_argument("file", help="A DICOM, PNG or JPEG chest X-ray (local path).")
+    parser.add_argument("--model_dir", required=True,
+                        help="The trainer's --job_dir, or its export/ folder (local or gs://).")
+    parser.add_argument("--image_size", type=int, default=DEFAULT_IMAGE_SIZE,
+                        help="Side of the square images the model was trained on (the trainer's --image_size).")
+    parser.add_argument("--gradcam", metavar="OUT.png",
+                        help="Also write the image with its Grad-CAM heat map for the predicted class "
+                             "(needs model.keras, which the trainer writes in its job dir).")
+    return parser
+
+
+def read_study(path: str, image_size: int) -> np.ndarray:
+    """The file's pixels as the model sees them: uint8 grayscale [image_size, image_size]."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise StudyError(f"cannot read {path}: {error.strerror or error}") from error
+    try:
+        return imaging.preprocess_image(data, image_size, path).pixels
+    except imaging.ImageDecodeError as error:
+        raise StudyError(f"cannot use {path}: {error.reason}") from error
+
+
+def format_prediction(class_id: int, probabilities: np.ndarray) -> list[str]:
+    """`name: value` lines, named like the batch prediction CSV's columns."""
+    lines = [f"predicted_class: {schema.CLASS_NAMES[class_id]}"]
+    lines += [f"p_{name}: {probability:.6f}" for name, probability in zip(schema.CLASS_NAMES, probabilities)]
+    return lines
+
+
+def predict_study(pixels: np.ndarray, model_dir: str, gradcam_path: str | None) -> list[str]:
+    """Runs the exported model (and Grad-CAM on request); returns the lines to print."""
+    import tensorflow as tf  # Deferred: see the module docstring.
+
+    from trainer import export, gradcam
+
+    export_dir = next((candidate for candidate in (model_dir, os.path.join(model_dir, EXPORT_DIR))
+                       if tf.io.gfile.exists(os.path.join(candidate, tf.saved_model.SAVED_MODEL_FILENAME_PB))),
+                      None)
+    if export_dir is None:
+        raise StudyError(f"{model_dir} holds no SavedModel; pass the trainer's job dir or its {EXPORT_DIR}/ folder")
+    predict_png = tf.saved_model.load(export_dir).signatures[export.SERVING_PNG]
+    try:
+        outputs = predict_png(**{export.PNG_INPUT: tf.constant([imaging.encode_png(pixels)])})
+    except tf.errors.InvalidArgumentError as error:
+        raise StudyError(f"the model in {export_dir} does not take {pixels.shape[0]}x{pixels.shape[1]} images; "
+                         "pass the --image_size it was trained with") from error
+    class_id = int(outputs["class_id"][0])
+    lines = format_prediction(class_id, outputs["probabilities"].numpy()[0])
+    if gradcam_path:
+        try:
+            model = gradcam.load_model(os.path.dirname(export_dir.rstrip("/")))
+        except FileNotFoundError as error:
+            raise StudyError(str(error)) from error
+        heat_map = gradcam.grad_cam(model, pixels, class_id)
+        try:
+            gradcam.save_overlay(gradcam_path, pixels, heat_map)
+        except tf.errors.OpError as error:
+            raise StudyError(f"cannot write {gradcam_path}: {error.message}") from error
+        lines.append(f"gradcam: {gradcam_path}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point; exits with status 1 and a one-line message on a problem."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.image_size < 1:
+        parser.error(f"--image_size must be positive, got {args.image_size}")
+    try:
+        pixels = read_study(args.file, args.image_size)
+        lines = predict_study(pixels, args.model_dir, args.gradcam)
+    except StudyError as error:
+        raise SystemExit(f"{PROG}: {error}") from None
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
