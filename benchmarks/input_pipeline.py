@@ -26,7 +26,6 @@ import tensorflow as tf
 from beam_pipelines import schema
 from trainer import input_pipeline, model, synthetic_records
 
-RESULTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "input_pipeline.md")
 SYNTHETIC_PER_CLASS = 400
 SYNTHETIC_SHARDS = 8
 THROUGHPUT_BATCH = 64
@@ -182,7 +181,6 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=12, help="timed training steps per measurement")
-    parser.add_argument("--output", default=RESULTS_FILE)
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(0)
     split = train_split(args.data_dir, args.work_dir, args.image_size)
@@ -190,11 +188,7 @@ def main(argv: list[str] | None = None) -> str:
     all_cores = pipeline_images_per_second(split, args.image_size, threads=None)
     one_core = pipeline_images_per_second(split, args.image_size, threads=1)
     rates = feed_ratios(split, args.image_size, args.batch_size, args.steps)
-    section = report(args.image_size, args.batch_size, num_records, len(split.shards), all_cores, one_core, rates)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as output:
-        output.write(section)
-    return section
+    return report(args.image_size, args.batch_size, num_records, len(split.shards), all_cores, one_core, rates)
 
 
 if __name__ == "__main__":
