@@ -142,8 +142,11 @@ def stage_costs(rows: list[dict], image_size: int, samples: int = 60) -> dict[st
 
 
 def report(num_images: int, mean_file_kb: float, image_size: int, loop_seconds: float,
-           beam_seconds: float, workers: int, costs: dict[str, float]) -> str:
+           beam_half_seconds: float, beam_seconds: float, workers: int, costs: dict[str, float]) -> str:
     loop_rate, beam_rate = num_images / loop_seconds, num_images / beam_seconds
+    # The second half of the images costs what the job spends per image once started:
+    # worker start-up (each worker imports TensorFlow) and pipeline set-up cancel out.
+    marginal_rate = (num_images - num_images // 2) / (beam_seconds - beam_half_seconds)
     lines = [
         "## Data plane: preprocess job",
         "",
@@ -154,13 +157,17 @@ def report(num_images: int, mean_file_kb: float, image_size: int, loop_seconds: 
         "",
         "| run | wall time (s) | source images/s |",
         "|---|---:|---:|",
-        f"| bare single-process loop | {loop_seconds:.1f} | {loop_rate:.1f} |",
-        f"| Beam job, FnApiRunner, {workers} workers (multi_processing), whole job incl. start-up | "
+        f"| bare single-process loop, same per-image work | {loop_seconds:.1f} | {loop_rate:.1f} |",
+        f"| Beam job, FnApiRunner, {workers} workers (multi_processing), {num_images // 2} images | "
+        f"{beam_half_seconds:.1f} | {num_images // 2 / beam_half_seconds:.1f} |",
+        f"| Beam job, FnApiRunner, {workers} workers (multi_processing), {num_images} images | "
         f"{beam_seconds:.1f} | {beam_rate:.1f} |",
+        f"| Beam job, marginal rate (second half of the images) | "
+        f"{beam_seconds - beam_half_seconds:.1f} | {marginal_rate:.1f} |",
         "",
-        f"Speed-up of the Beam job over the loop: **{beam_rate / loop_rate:.2f}×** "
-        f"(target ≥ 1.5× on 2 cores, i.e. ≥ 75% parallel efficiency; measured "
-        f"{100 * beam_rate / loop_rate / workers:.0f}%).",
+        f"Beam job over the loop: **{beam_rate / loop_rate:.2f}×** for the whole job, "
+        f"**{marginal_rate / loop_rate:.2f}×** at the marginal rate "
+        f"(target ≥ 1.5× on {workers} cores, i.e. ≥ 75% parallel efficiency).",
         "",
         "Per-image cost on one core (median ms):",
         "",
@@ -180,12 +187,16 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     rows = prepare_inputs(args.work_dir, args.num_images, 1024)
     mean_file_kb = statistics.mean(os.path.getsize(row["image_uri"]) for row in rows) / 1024
-    csv_path = os.path.join(args.work_dir, "jpeg_baseline.csv")
-    write_csv(rows, csv_path)
+    half_csv, full_csv = (os.path.join(args.work_dir, name) for name in ("half.csv", "all.csv"))
+    write_csv(rows[: len(rows) // 2], half_csv)
+    write_csv(rows, full_csv)
     costs = stage_costs(rows, args.image_size)
     loop_seconds = single_process_loop(rows, args.image_size, os.path.join(args.work_dir, "loop_out"))
-    beam_seconds = beam_job(csv_path, args.image_size, os.path.join(args.work_dir, "beam_out"), args.workers)
-    return report(len(rows), mean_file_kb, args.image_size, loop_seconds, beam_seconds, args.workers, costs)
+    beam_out = os.path.join(args.work_dir, "beam_out")
+    beam_half_seconds = beam_job(half_csv, args.image_size, beam_out, args.workers)
+    beam_seconds = beam_job(full_csv, args.image_size, beam_out, args.workers)
+    return report(len(rows), mean_file_kb, args.image_size, loop_seconds, beam_half_seconds, beam_seconds,
+                  args.workers, costs)
 
 
 if __name__ == "__main__":
