@@ -110,7 +110,7 @@ def feed_ratios(split: input_pipeline.SplitData, image_size: int, batch_size: in
     network = model.build_model(image_size, weights=None)
     rates = {}
     for stage in (1, 2):
-        model.set_stage(network, stage)
+        model.set_stage(network, stage, pretrained=False)
         network.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy")
         from_memory = training_steps_per_second(network, in_memory, steps)
         from_pipeline = training_steps_per_second(network, pipeline, steps)

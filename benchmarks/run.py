@@ -18,7 +18,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work_dir", default="bench_output")
     parser.add_argument("--output", default="BENCHMARKS.md")
-    parser.add_argument("--num_images", type=int, default=2000)
+    parser.add_argument("--num_images", type=int, default=2250)
     args = parser.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
     sections = [

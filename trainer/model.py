@@ -2,9 +2,15 @@
 
 The ResNet50 is built on the model's own input tensor, so all of its layers
 (including `FEATURE_LAYER`, which Grad-CAM reads) are layers of the final model and
-reachable with `model.get_layer`. BatchNormalization stays in inference mode in both
-stages: its layers are never trainable (Keras 3 runs non-trainable BatchNormalization
-with its moving statistics), so fine-tuning on small batches cannot wreck them.
+reachable with `model.get_layer`.
+
+BatchNormalization depends on where the weights come from. A pretrained base keeps
+its BatchNormalization in inference mode in both stages: those layers are never
+trainable (Keras 3 runs non-trainable BatchNormalization with its moving statistics),
+so fine-tuning on small batches cannot wreck the statistics learnt on ImageNet. A
+randomly initialised base has no statistics to keep (mean 0, variance 1 make the layer
+an identity, and 50 unnormalised layers feed the head noise), so its BatchNormalization
+trains in both stages: it normalises with batch statistics and learns moving ones.
 """
 
 import os
@@ -63,16 +69,18 @@ def build_model(image_size: int, weights: str | None) -> keras.Model:
     return keras.Model(inputs, outputs, name="resnet50_cxr")
 
 
-def set_stage(model: keras.Model, stage: int) -> None:
-    """Stage 1 trains the head only; stage 2 the whole network. BatchNorm never trains.
+def set_stage(model: keras.Model, stage: int, pretrained: bool) -> None:
+    """Stage 1 trains the head only; stage 2 the whole network.
 
-    Changing `trainable` takes effect at the next `compile()`.
+    BatchNormalization of a `pretrained` base (ImageNet or a weights file) never trains;
+    that of a random base always trains, in stage 1 too, so it normalises the frozen
+    convolutions' outputs. Changing `trainable` takes effect at the next `compile()`.
     """
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, got {stage}")
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
+            layer.trainable = not pretrained
         elif layer.name.startswith(HEAD_PREFIX):
             layer.trainable = True
         else:

@@ -97,6 +97,7 @@ class Stage:
     number: int
     epochs: int
     learning_rate: float
+    pretrained: bool  # The base started from trained weights: its BatchNormalization stays frozen.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,8 +190,9 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy,
     chief = distribution.is_chief(strategy)
     paths = OutputPaths(config.job_dir, config.checkpoint_dir, config.tensorboard_dir,
                         distribution.task_name(strategy))
-    stages = (Stage(1, config.stage1_epochs, config.stage1_learning_rate),
-              Stage(2, config.stage2_epochs, config.stage2_learning_rate))
+    pretrained = initial_weights is not None
+    stages = (Stage(1, config.stage1_epochs, config.stage1_learning_rate, pretrained),
+              Stage(2, config.stage2_epochs, config.stage2_learning_rate, pretrained))
     _train_stages(model, strategy, stages, inputs, paths, chief, extra_callbacks)
     if not chief:
         return {}
@@ -263,7 +265,7 @@ def _callbacks(stage: Stage, paths: OutputPaths, chief: bool, history: EpochHist
 def _fit_stage(model: keras.Model, strategy: tf.distribute.Strategy, stage: Stage, first_epoch: int,
                inputs: FitInputs, callbacks: list[keras.callbacks.Callback]) -> None:
     with strategy.scope():
-        model_lib.set_stage(model, stage.number)
+        model_lib.set_stage(model, stage.number, stage.pretrained)
         model.compile(optimizer=keras.optimizers.Adam(stage.learning_rate),
                       loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
     logging.info("stage %d: epochs %d-%d, learning rate %g, %d trainable weights", stage.number,

@@ -1,0 +1,69 @@
+"""Which layers each training stage trains, with a pretrained and with a random base."""
+
+import keras
+import numpy as np
+import pytest
+
+from beam_pipelines import schema
+from trainer import features
+from trainer import model as model_lib
+
+IMAGE_SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def network() -> keras.Model:
+    keras.utils.set_random_seed(1)
+    return model_lib.build_model(IMAGE_SIZE, weights=None)
+
+
+def layers_of(network: keras.Model, kind: str) -> list[keras.layers.Layer]:
+    """`kind`: head, batch_norm or base (every other base layer)."""
+    def kind_of(layer: keras.layers.Layer) -> str:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            return "batch_norm"
+        return "head" if layer.name.startswith(model_lib.HEAD_PREFIX) else "base"
+    return [layer for layer in network.layers if kind_of(layer) == kind]
+
+
+def moving_means_after_one_training_step(network: keras.Model) -> list[np.ndarray]:
+    network.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
+    images = np.random.default_rng(0).uniform(-100, 100, (2, IMAGE_SIZE, IMAGE_SIZE, features.CHANNELS))
+    network.train_on_batch(images.astype(np.float32), np.eye(schema.NUM_CLASSES, dtype=np.float32)[[0, 1]])
+    return [layer.moving_mean.numpy() for layer in layers_of(network, "batch_norm")]
+
+
+@pytest.mark.parametrize("stage, base_trains", [(1, False), (2, True)])
+def test_a_pretrained_base_keeps_batch_norm_frozen_in_both_stages(network, stage, base_trains):
+    model_lib.set_stage(network, stage, pretrained=True)
+    assert all(layer.trainable for layer in layers_of(network, "head"))
+    assert all(layer.trainable == base_trains for layer in layers_of(network, "base"))
+    assert not any(layer.trainable for layer in layers_of(network, "batch_norm"))
+    before = [layer.moving_mean.numpy() for layer in layers_of(network, "batch_norm")]
+    for old, new in zip(before, moving_means_after_one_training_step(network)):
+        np.testing.assert_array_equal(old, new)  # Inference mode: the statistics stay as loaded.
+
+
+@pytest.mark.parametrize("stage, base_trains", [(1, False), (2, True)])
+def test_a_random_base_trains_batch_norm_in_both_stages(network, stage, base_trains):
+    model_lib.set_stage(network, stage, pretrained=False)
+    assert all(layer.trainable for layer in layers_of(network, "head"))
+    assert all(layer.trainable == base_trains for layer in layers_of(network, "base"))
+    assert all(layer.trainable for layer in layers_of(network, "batch_norm"))
+    before = [layer.moving_mean.numpy() for layer in layers_of(network, "batch_norm")]
+    after = moving_means_after_one_training_step(network)
+    assert all(not np.array_equal(old, new) for old, new in zip(before, after))  # Batch statistics.
+
+
+def test_stage_1_trains_only_the_head_and_batch_norm_of_a_random_base(network):
+    model_lib.set_stage(network, 1, pretrained=False)
+    trainable = {id(weight) for weight in network.trainable_weights}
+    kernels = [layer.kernel for layer in layers_of(network, "base") if hasattr(layer, "kernel")]
+    assert kernels and not any(id(kernel) in trainable for kernel in kernels)
+    batch_norm_weights = [weight for layer in layers_of(network, "batch_norm") for weight in (layer.gamma, layer.beta)]
+    assert all(id(weight) in trainable for weight in batch_norm_weights)
+
+
+def test_set_stage_rejects_an_unknown_stage(network):
+    with pytest.raises(ValueError, match="stage must be 1 or 2, got 3"):
+        model_lib.set_stage(network, 3, pretrained=False)
