@@ -25,11 +25,11 @@ demo: install
 		--num_rsna 600 --num_covid 240 --image_size 1024 --seed 7 $(LOCAL_BEAM)
 	@echo "==> 2/5 preprocess job: decode, split by patient, augment, write TFRecords"
 	$(PYTHON) -m beam_pipelines.preprocess --rsna_dir $(DEMO_DIR)/raw/rsna --covid_dir $(DEMO_DIR)/raw/covid \
-		--output_dir $(DEMO_DIR)/tfrecords --image_size 128 $(LOCAL_BEAM)
+		--output_dir $(DEMO_DIR)/tfrecords --image_size 128 --augment auto $(LOCAL_BEAM)
 	@echo "==> 3/5 training ResNet50 from random weights on the CPU (a few minutes)"
 	$(PYTHON) -m trainer.task --data_dir $(DEMO_DIR)/tfrecords --job_dir $(DEMO_DIR)/model \
-		--image_size 128 --batch_size 16 --stage1_epochs 2 --stage2_epochs 1 --steps_per_epoch 30 \
-		--weights none
+		--image_size 128 --batch_size 16 --stage1_epochs 3 --stage2_epochs 3 --steps_per_epoch 30 \
+		--stage2_learning_rate 3e-4 --weights none
 	@echo "==> 4/5 batch prediction over 8 synthetic DICOMs"
 	(echo image_uri; cd $(DEMO_DIR) && ls raw/rsna/stage_2_train_images/*.dcm | head -n 8) \
 		> $(DEMO_DIR)/predict_inputs.csv

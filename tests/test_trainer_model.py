@@ -67,3 +67,8 @@ def test_stage_1_trains_only_the_head_and_batch_norm_of_a_random_base(network):
 def test_set_stage_rejects_an_unknown_stage(network):
     with pytest.raises(ValueError, match="stage must be 1 or 2, got 3"):
         model_lib.set_stage(network, 3, pretrained=False)
+
+
+def test_a_random_base_tracks_batch_statistics_fast_enough_for_short_runs(network):
+    momenta = {layer.momentum for layer in layers_of(network, "batch_norm")}
+    assert momenta == {model_lib.FROM_SCRATCH_BN_MOMENTUM} and model_lib.FROM_SCRATCH_BN_MOMENTUM < 0.99

@@ -28,6 +28,10 @@ HEAD_PREFIX = "head_"
 HEAD_POOL_SIZE = 2
 HEAD_UNITS = (256, 128, 64)
 HEAD_DROPOUT_RATES = (0.5, 0.3, 0.2)
+# Keras' 0.99 needs several hundred steps before the moving statistics that inference
+# uses catch up with a randomly initialised network's; short runs would then evaluate
+# on statistics far from the ones they trained with.
+FROM_SCRATCH_BN_MOMENTUM = 0.9
 MIN_IMAGE_SIZE = 32  # The smallest input keras.applications.ResNet50 accepts.
 
 
@@ -58,6 +62,10 @@ def build_model(image_size: int, weights: str | None) -> keras.Model:
         raise ValueError(f"image_size {image_size} is below ResNet50's minimum of {MIN_IMAGE_SIZE}")
     inputs = keras.Input(shape=(image_size, image_size, features.CHANNELS), name=INPUT_NAME)
     base = keras.applications.ResNet50(include_top=False, weights=weights, input_tensor=inputs)
+    if weights is None:
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = FROM_SCRATCH_BN_MOMENTUM
     x = keras.layers.MaxPooling2D(HEAD_POOL_SIZE, padding="same", name=f"{HEAD_PREFIX}max_pool")(base.output)
     x = keras.layers.GlobalAveragePooling2D(name=f"{HEAD_PREFIX}global_average_pool")(x)
     for index, (units, rate) in enumerate(zip(HEAD_UNITS, HEAD_DROPOUT_RATES), start=1):
