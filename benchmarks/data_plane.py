@@ -8,6 +8,7 @@ Per-stage costs are timed on one core, next to the codec's own limits.
 
 import argparse
 import csv
+import dataclasses
 import glob
 import io
 import os
@@ -28,6 +29,21 @@ MULTIPLIERS = augmentation.parse_multipliers(augmentation.DEFAULT_MULTIPLIERS)
 FRACTIONS = splitting.parse_split("0.8,0.1,0.1")
 KEY = preprocess.DEFAULT_PATIENT_KEY
 BEAM_RUNS = 3
+SMALL_JOB_IMAGES = 20
+RUNNING_MODES = ("multi_processing", "multi_threading")
+READING = """Reading: the per-image work is cheap and already at the codec's limit (the DCT-scaled
+JPEG decode is most of our decode), so fixed and per-element costs of the local runner
+decide the ratio. With `multi_processing` each worker is a new Python process that
+imports Beam, pydicom and TensorFlow (the Example proto and TFRecord writer) before its
+first element, and every element crosses the runner's gRPC data plane through the
+driver, a third process competing for the same two cores. With `multi_threading` start-up
+is almost nothing, but Beam's per-element bookkeeping, pydicom's header parse and the
+protobuf encode hold the GIL, so only Pillow's decode and PNG encode run in parallel.
+On Dataflow the driver is not in the data path and workers start once per VM, so a
+30,000-image job runs at the steady rate per vCPU. The steady rate is a difference of two
+medians and moved by about ±5% between two runs of this benchmark on the same day. The
+benchmark refuses to time a job that rejected any input, so a broken input list cannot
+pass for speed."""
 
 
 def prepare_inputs(work_dir: str, num_images: int, source_size: int) -> list[dict]:
@@ -79,16 +95,46 @@ def single_process_loop(rows: list[dict], image_size: int, output_dir: str) -> f
     return time.perf_counter() - start
 
 
-def beam_job(csv_path: str, image_size: int, output_dir: str, workers: int, expected_images: int) -> float:
+def beam_job(csv_path: str, image_size: int, output_dir: str, workers: int, mode: str,
+             expected_images: int) -> float:
+    """Seconds for the whole preprocess job, start-up included, on `workers` local workers."""
     shutil.rmtree(output_dir, ignore_errors=True)
     start = time.perf_counter()
     manifest = preprocess.run([f"--csv={csv_path}", f"--output_dir={output_dir}", f"--image_size={image_size}",
-                               f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"])
+                               f"--direct_num_workers={workers}", f"--direct_running_mode={mode}"])
     seconds = time.perf_counter() - start
     if manifest["inputs"]["used"] != expected_images:
         raise RuntimeError(f"the job used {manifest['inputs']['used']} of {expected_images} images: "
                            f"{manifest['rejected']}; the timing would be meaningless")
     return seconds
+
+
+@dataclasses.dataclass
+class ModeTiming:
+    """Whole-job times of one running mode on all images and on a handful of them."""
+
+    mode: str
+    full_seconds: list[float]
+    small_seconds: list[float]
+
+    @property
+    def full(self) -> float:
+        return statistics.median(self.full_seconds)
+
+    @property
+    def start_up(self) -> float:
+        return statistics.median(self.small_seconds)
+
+    def steady_rate(self, num_images: int, small_images: int) -> float:
+        """Images/s once running: the extra images over the extra time, start-up cancelled out."""
+        return (num_images - small_images) / (self.full - self.start_up)
+
+
+def time_mode(rows: list[dict], csv_path: str, small_csv_path: str, image_size: int, output_dir: str,
+              workers: int, mode: str) -> ModeTiming:
+    def runs(path: str, expected: int) -> list[float]:
+        return [beam_job(path, image_size, output_dir, workers, mode, expected) for _ in range(BEAM_RUNS)]
+    return ModeTiming(mode, runs(csv_path, len(rows)), runs(small_csv_path, SMALL_JOB_IMAGES))
 
 
 def _median_ms(function, inputs, repeats: int = 1) -> float:
@@ -147,34 +193,53 @@ def stage_costs(rows: list[dict], image_size: int, samples: int = 60) -> dict[st
 
 
 def report(num_images: int, mean_file_kb: float, image_size: int, loop_seconds: float,
-           beam_seconds: list[float], workers: int, costs: dict[str, float]) -> str:
+           timings: list[ModeTiming], workers: int, costs: dict[str, float]) -> str:
     loop_rate = num_images / loop_seconds
-    median_seconds = statistics.median(beam_seconds)
-    beam_rate = num_images / median_seconds
+
+    def ratio(rate: float) -> str:
+        return f"{rate / loop_rate:.2f}× ({100 * rate / loop_rate / workers:.0f}% efficiency)"
+
+    rows = []
+    for timing in timings:
+        steady = timing.steady_rate(num_images, SMALL_JOB_IMAGES)
+        rows.append(f"| Beam job, FnApiRunner, {workers} workers, {timing.mode} | "
+                    f"{', '.join(f'{run:.1f}' for run in timing.full_seconds)} | {timing.full:.1f} | "
+                    f"{num_images / timing.full:.1f} | {ratio(num_images / timing.full)} | "
+                    f"{timing.start_up:.1f} | {steady:.1f} | {ratio(steady)} |")
+    best_whole = max(num_images / timing.full for timing in timings)
+    best_steady = max(timing.steady_rate(num_images, SMALL_JOB_IMAGES) for timing in timings)
+    per_image_ms = 1000 * loop_seconds / num_images
     lines = [
         "## Data plane: preprocess job",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores, "
         f"{platform.python_implementation()} {platform.python_version()}; {num_images} synthetic "
         f"1024² 8-bit JPEG Baseline DICOMs (mean {mean_file_kb:.0f} KB), output {image_size}², "
-        f"default multipliers (normal ×2, pneumonia ×2 on train).",
+        f"default multipliers (normal ×2, pneumonia ×2 on train). Each Beam time is a whole job from "
+        f"`preprocess.run` to the manifest, worker start-up included, run {BEAM_RUNS} times; start-up is "
+        f"the median whole-job time on {SMALL_JOB_IMAGES} images, and the steady rate is the "
+        f"{num_images - SMALL_JOB_IMAGES} extra images over the extra time.",
         "",
-        "| run | wall time (s) | source images/s |",
-        "|---|---:|---:|",
-        f"| bare single-process loop, same per-image work | {loop_seconds:.1f} | {loop_rate:.1f} |",
-        f"| Beam job, FnApiRunner, {workers} workers (multi_processing), whole job incl. start-up, "
-        f"median of {len(beam_seconds)} runs ({', '.join(f'{run:.1f}' for run in beam_seconds)} s) | "
-        f"{median_seconds:.1f} | {beam_rate:.1f} |",
+        f"| run | wall times (s) | median (s) | images/s | over the loop | start-up (s) "
+        f"| steady images/s | steady over the loop |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+        f"| bare single-process loop, same per-image work | {loop_seconds:.1f} | {loop_seconds:.1f} | "
+        f"{loop_rate:.1f} | 1.00× | – | {loop_rate:.1f} | 1.00× |",
+        *rows,
         "",
-        f"Beam job over the loop: **{beam_rate / loop_rate:.2f}×** "
-        f"(target ≥ 1.5× on {workers} cores, i.e. ≥ 75% parallel efficiency: "
-        f"{100 * beam_rate / loop_rate / workers:.0f}% measured).",
+        f"Target: ≥ 1.5× the loop on {workers} cores (≥ 75% parallel efficiency). Best whole job: "
+        f"**{best_whole / loop_rate:.2f}×**; best steady rate: **{best_steady / loop_rate:.2f}×**. "
+        f"The loop spends {per_image_ms:.1f} ms per image, so at this size a whole job meets the target "
+        f"only if start-up stays under {num_images / (1.5 * loop_rate) - num_images / (workers * loop_rate):.1f} s "
+        f"even at perfect scaling.",
         "",
         "Per-image cost on one core (median ms):",
         "",
         "| stage | ms |",
         "|---|---:|",
         *(f"| {name} | {value:.2f} |" for name, value in costs.items()),
+        "",
+        READING,
     ]
     return "\n".join(lines) + "\n"
 
@@ -190,12 +255,15 @@ def main(argv: list[str] | None = None) -> str:
     rows = prepare_inputs(args.work_dir, args.num_images, 1024)
     mean_file_kb = statistics.mean(os.path.getsize(row["image_uri"]) for row in rows) / 1024
     csv_path = os.path.join(args.work_dir, "jpeg_baseline.csv")
+    small_csv_path = os.path.join(args.work_dir, f"jpeg_baseline_{SMALL_JOB_IMAGES}.csv")
     write_csv(rows, csv_path)
+    write_csv(rows[:SMALL_JOB_IMAGES], small_csv_path)
     costs = stage_costs(rows, args.image_size)
     loop_seconds = single_process_loop(rows, args.image_size, os.path.join(args.work_dir, "loop_out"))
-    beam_seconds = [beam_job(csv_path, args.image_size, os.path.join(args.work_dir, "beam_out"), args.workers,
-                             len(rows)) for _ in range(BEAM_RUNS)]
-    return report(len(rows), mean_file_kb, args.image_size, loop_seconds, beam_seconds, args.workers, costs)
+    timings = [time_mode(rows, csv_path, small_csv_path, args.image_size, os.path.join(args.work_dir, "beam_out"),
+                         args.workers, mode) for mode in RUNNING_MODES]
+    return report(len(rows), mean_file_kb, args.image_size, loop_seconds, timings, args.workers, costs)
+
 
 if __name__ == "__main__":
     print(main())
