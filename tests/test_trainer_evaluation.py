@@ -91,7 +91,9 @@ def test_roc_curve_runs_from_origin_to_one_one():
 
 
 def test_write_report_writes_metrics_and_figures(tmp_path):
-    results = {"val": (LABELS, probabilities_for(PREDICTED)), "test": (LABELS, probabilities_for(LABELS))}
+    one_source = np.full(len(LABELS), "rsna")
+    results = {"val": evaluation.SplitPredictions(LABELS, probabilities_for(PREDICTED), one_source),
+               "test": evaluation.SplitPredictions(LABELS, probabilities_for(LABELS), one_source)}
 
     metrics = evaluation.write_report(str(tmp_path), results)
 
@@ -105,3 +107,26 @@ def test_write_report_writes_metrics_and_figures(tmp_path):
     table = evaluation.format_table(metrics)
     assert "val    covid19         3  0.667  0.667  0.857  0.667" in table
     assert "test   accuracy       10  1.000" in table
+    assert "within each source" not in table  # One source: its breakdown would repeat the split.
+
+
+def test_a_class_recognised_by_its_source_scores_chance_within_the_source():
+    # Source "covid" holds every covid19 image plus normal and pneumonia ones; "rsna" has
+    # no covid19. The covid19 score is 0.6 for every covid-source image and 0.2 elsewhere:
+    # it tells the sources apart and nothing else.
+    labels = np.array([0, 1, 0, 1, 2, 2, 2, 0, 1])
+    sources = np.array(["rsna"] * 4 + ["covid"] * 5)
+    covid_score = np.where(sources == "covid", 0.6, 0.2)
+    probabilities = np.stack([(1 - covid_score) / 2, (1 - covid_score) / 2, covid_score], axis=-1)
+
+    metrics = evaluation.split_metrics(evaluation.SplitPredictions(labels, probabilities, sources))
+
+    assert metrics["per_class"]["covid19"]["roc_auc"] == pytest.approx(5 / 6)  # Beats every rsna image.
+    within_covid = metrics["by_source"]["covid"]
+    assert within_covid["num_examples"] == 5
+    assert within_covid["per_class"]["covid19"]["roc_auc"] == pytest.approx(0.5)
+    assert within_covid["confusion_matrix"] == [[0, 0, 1], [0, 0, 1], [0, 0, 3]]
+    assert metrics["by_source"]["rsna"]["per_class"]["covid19"]["roc_auc"] is None  # No covid19 there.
+    table = evaluation.format_table({"test": metrics})
+    assert "test   covid           5      0.500      0.500      0.500      0.600" in table
+    assert "test   rsna            4      0.500      0.500        n/a      0.500" in table

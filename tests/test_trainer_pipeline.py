@@ -103,10 +103,12 @@ def test_eval_dataset_reads_originals_once_in_a_fixed_order(data_dir):
 
     dataset = input_pipeline.eval_dataset(split, IMAGE_SIZE, batch_size=5, num_workers=1)
 
-    first = np.concatenate([np.argmax(labels.numpy(), axis=-1) for _, labels in dataset])
-    second = np.concatenate([np.argmax(labels.numpy(), axis=-1) for _, labels in dataset])
+    first = np.concatenate([np.argmax(labels.numpy(), axis=-1) for _, labels, _ in dataset])
+    second = np.concatenate([np.argmax(labels.numpy(), axis=-1) for _, labels, _ in dataset])
     assert len(first) == 24  # 8 originals per class, copies skipped, last batch kept.
     np.testing.assert_array_equal(first, second)
+    sources = np.concatenate([sources.numpy() for _, _, sources in dataset])
+    assert set(sources.tolist()) == {synthetic_records.SOURCE.encode()}
 
 
 @pytest.mark.parametrize("workers, policy", [(2, tf.data.experimental.AutoShardPolicy.FILE),

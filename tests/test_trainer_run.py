@@ -59,6 +59,7 @@ def test_two_replica_run_writes_every_output(two_replica_run):
     for split in ("val", "test"):
         assert metrics[split]["num_examples"] == 12  # Originals only.
         assert set(metrics[split]["per_class"]) == set(schema.CLASS_NAMES)
+        assert metrics[split]["by_source"][synthetic_records.SOURCE]["num_examples"] == 12
         assert 0.0 <= metrics[split]["macro"]["f1"] <= 1.0
         assert f"{split:<6} macro" in completed.stdout  # The printed table.
     for figure in ("confusion_matrix.png", "roc.png"):

@@ -144,8 +144,15 @@ def train_dataset(split: SplitData, image_size: int, global_batch_size: int,
 
 
 def eval_dataset(split: SplitData, image_size: int, batch_size: int, num_workers: int) -> tf.data.Dataset:
-    """One pass over the originals (`image/augmentation == 0`) in a fixed order, last batch kept."""
-    return _originals(split, image_size).batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(
+    """One pass over the originals (`image/augmentation == 0`) in a fixed order, last batch kept.
+
+    Elements are (images, one-hot labels, `image/source` strings): evaluation breaks its
+    figures down by source, where a model that recognises the source shows itself.
+    """
+    with_source = _original_records(split).map(
+        lambda record: (*_image_and_label(record, image_size), record[schema.SOURCE]),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    return with_source.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(
         _options(len(split.shards), num_workers, deterministic=True))
 
 
@@ -158,17 +165,18 @@ def validation_dataset(split: SplitData, image_size: int, global_batch_size: int
     Repeated because Keras cannot restart a dataset of unknown length between epochs;
     fit() takes `num_examples // global_batch_size` validation steps per epoch.
     """
-    batches = _originals(split, image_size).batch(global_batch_size, drop_remainder=True)
+    originals = _original_records(split).map(lambda record: _image_and_label(record, image_size),
+                                             num_parallel_calls=tf.data.AUTOTUNE)
+    batches = originals.batch(global_batch_size, drop_remainder=True)
     return batches.repeat().prefetch(tf.data.AUTOTUNE).with_options(
         _options(len(split.shards), num_workers, deterministic=True))
 
 
-def _originals(split: SplitData, image_size: int) -> tf.data.Dataset:
+def _original_records(split: SplitData) -> tf.data.Dataset:
     files = tf.data.Dataset.from_tensor_slices(list(split.shards))
     records = _interleave_records(files, len(split.shards), deterministic=True)
     parsed = records.map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
-    originals = parsed.filter(lambda record: tf.equal(record[schema.AUGMENTATION], 0))
-    return originals.map(lambda record: _image_and_label(record, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+    return parsed.filter(lambda record: tf.equal(record[schema.AUGMENTATION], 0))
 
 
 def _interleave_records(files: tf.data.Dataset, num_files: int, deterministic: bool) -> tf.data.Dataset:
