@@ -128,10 +128,11 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dic
 def split_metrics(predictions: SplitPredictions) -> dict:
     """`classification_metrics` of the whole split, plus the same for each source in `by_source`."""
     metrics = classification_metrics(predictions.labels, predictions.probabilities)
-    metrics["by_source"] = {
-        source: classification_metrics(predictions.labels[predictions.sources == source],
-                                       predictions.probabilities[predictions.sources == source])
-        for source in sorted(set(predictions.sources.tolist()))}
+    metrics["by_source"] = {}
+    for source in sorted(set(predictions.sources.tolist())):
+        in_source = predictions.sources == source
+        metrics["by_source"][source] = classification_metrics(predictions.labels[in_source],
+                                                              predictions.probabilities[in_source])
     return metrics
 
 
