@@ -199,15 +199,15 @@ def report(num_images: int, mean_file_kb: float, image_size: int, loop_seconds: 
     def ratio(rate: float) -> str:
         return f"{rate / loop_rate:.2f}× ({100 * rate / loop_rate / workers:.0f}% efficiency)"
 
-    rows = []
+    rows, whole_rates, steady_rates = [], [], []
     for timing in timings:
-        steady = timing.steady_rate(num_images, SMALL_JOB_IMAGES)
+        whole, steady = num_images / timing.full, timing.steady_rate(num_images, SMALL_JOB_IMAGES)
+        whole_rates.append(whole)
+        steady_rates.append(steady)
         rows.append(f"| Beam job, FnApiRunner, {workers} workers, {timing.mode} | "
                     f"{', '.join(f'{run:.1f}' for run in timing.full_seconds)} | {timing.full:.1f} | "
-                    f"{num_images / timing.full:.1f} | {ratio(num_images / timing.full)} | "
-                    f"{timing.start_up:.1f} | {steady:.1f} | {ratio(steady)} |")
-    best_whole = max(num_images / timing.full for timing in timings)
-    best_steady = max(timing.steady_rate(num_images, SMALL_JOB_IMAGES) for timing in timings)
+                    f"{whole:.1f} | {ratio(whole)} | {timing.start_up:.1f} | {steady:.1f} | {ratio(steady)} |")
+    best_whole, best_steady = max(whole_rates), max(steady_rates)
     per_image_ms = 1000 * loop_seconds / num_images
     lines = [
         "## Data plane: preprocess job",
