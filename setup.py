@@ -24,8 +24,11 @@ setuptools.setup(
     version="0.1.0",
     description="Chest X-ray classification (normal / pneumonia / COVID-19): Beam data plane and TF trainer.",
     python_requires=">=3.11,<3.12",
-    packages=setuptools.find_packages(include=["beam_pipelines", "beam_pipelines.*", "trainer", "trainer.*"]),
+    # Workers get the data plane, the trainer and serving; synthetic data stays in the source tree.
+    packages=setuptools.find_packages(include=["beam_pipelines", "beam_pipelines.*", "trainer", "trainer.*",
+                                                "serving", "serving.*"],
+                                       exclude=["beam_pipelines.synthesize", "beam_pipelines.synthesize.*"]),
     install_requires=REQUIRED_PACKAGES,
     extras_require={"test": ["pytest~=9.0"]},
-    entry_points={"console_scripts": ["cxr-predict=trainer.study:main"]},
+    entry_points={"console_scripts": ["cxr-predict=serving.study:main"]},
 )

@@ -13,7 +13,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from beam_pipelines import schema
+from beam_pipelines import contract
 
 MAX_ROTATION_DEGREES = 15.0
 ZOOM_RANGE = (0.9, 1.1)
@@ -30,12 +30,12 @@ def parse_multipliers(text: str) -> dict[str, int] | None:
     for item in text.split(","):
         name, _, value = item.partition("=")
         name = name.strip()
-        if name not in schema.CLASS_IDS or not value.strip().isdigit() or int(value) < 1:
+        if name not in contract.CLASS_IDS or not value.strip().isdigit() or int(value) < 1:
             raise ValueError(
                 f"--augment must be 'auto' or class=N pairs with N ≥ 1 for classes "
-                f"{', '.join(schema.CLASS_NAMES)}; got {text!r}")
+                f"{', '.join(contract.CLASS_NAMES)}; got {text!r}")
         multipliers[name] = int(value)
-    missing = set(schema.CLASS_NAMES) - multipliers.keys()
+    missing = set(contract.CLASS_NAMES) - multipliers.keys()
     if missing:
         raise ValueError(f"--augment lacks a multiplier for {sorted(missing)}")
     return multipliers
@@ -45,7 +45,7 @@ def balanced_multipliers(train_originals: dict[str, int]) -> dict[str, int]:
     """Multipliers that bring every class near the largest one's original count."""
     largest = max(train_originals.values(), default=0)
     return {name: max(1, round(largest / train_originals[name])) if train_originals.get(name) else 1
-            for name in schema.CLASS_NAMES}
+            for name in contract.CLASS_NAMES}
 
 
 def _rng(seed: int, image_id: str, copy_index: int) -> np.random.Generator:

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from beam_pipelines import imaging, schema
+from beam_pipelines import contract, imaging
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,21 +31,21 @@ def _int64(value: int) -> tf.train.Feature:
 
 
 def encode_example(png: bytes, height: int, width: int, fields: ExampleFields) -> tf.train.Example:
-    """Builds the record with exactly the keys in `schema.FEATURE_KEYS`."""
-    if fields.label not in schema.CLASS_IDS:
-        raise ValueError(f"unknown label {fields.label!r}; expected one of {schema.CLASS_NAMES}")
+    """Builds the record with exactly the keys in `contract.FEATURE_KEYS`."""
+    if fields.label not in contract.CLASS_IDS:
+        raise ValueError(f"unknown label {fields.label!r}; expected one of {contract.CLASS_NAMES}")
     feature = {
-        schema.IMAGE_ENCODED: _bytes(png),
-        schema.IMAGE_FORMAT: _bytes(schema.IMAGE_FORMAT_PNG),
-        schema.IMAGE_HEIGHT: _int64(height),
-        schema.IMAGE_WIDTH: _int64(width),
-        schema.LABEL: _int64(schema.CLASS_IDS[fields.label]),
-        schema.LABEL_TEXT: _bytes(fields.label),
-        schema.IMAGE_ID: _bytes(fields.image_id),
-        schema.AUGMENTATION: _int64(fields.augmentation),
-        schema.SOURCE: _bytes(fields.source),
-        schema.VIEW: _bytes(fields.view),
-        schema.PATIENT_ID: _bytes(fields.patient_id),
+        contract.IMAGE_ENCODED: _bytes(png),
+        contract.IMAGE_FORMAT: _bytes(contract.IMAGE_FORMAT_PNG),
+        contract.IMAGE_HEIGHT: _int64(height),
+        contract.IMAGE_WIDTH: _int64(width),
+        contract.LABEL: _int64(contract.CLASS_IDS[fields.label]),
+        contract.LABEL_TEXT: _bytes(fields.label),
+        contract.IMAGE_ID: _bytes(fields.image_id),
+        contract.AUGMENTATION: _int64(fields.augmentation),
+        contract.SOURCE: _bytes(fields.source),
+        contract.VIEW: _bytes(fields.view),
+        contract.PATIENT_ID: _bytes(fields.patient_id),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature))
 

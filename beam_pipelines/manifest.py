@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines import schema
+from beam_pipelines import contract
 
 REPORTED_PACKAGES = ("cxr-classifier", "apache-beam", "tensorflow", "tfx-bsl", "pydicom",
                      "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pillow", "numpy")
@@ -31,25 +31,25 @@ def package_versions() -> dict[str, str]:
 
 def schema_description() -> dict:
     return {
-        "version": schema.SCHEMA_VERSION,
-        "classes": list(schema.CLASS_NAMES),
-        "bytes_features": list(schema.BYTES_FEATURES),
-        "int64_features": list(schema.INT64_FEATURES),
-        "image_format": schema.IMAGE_FORMAT_PNG,
+        "version": contract.SCHEMA_VERSION,
+        "classes": list(contract.CLASS_NAMES),
+        "bytes_features": list(contract.BYTES_FEATURES),
+        "int64_features": list(contract.INT64_FEATURES),
+        "image_format": contract.IMAGE_FORMAT_PNG,
         "compression": "GZIP",
     }
 
 
 def split_class_table(counts: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
     """{(split, class): n} → {split: {class: n}} with every split and class present."""
-    return {split: {name: counts.get((split, name), 0) for name in schema.CLASS_NAMES}
-            for split in schema.SPLITS}
+    return {split: {name: counts.get((split, name), 0) for name in contract.CLASS_NAMES}
+            for split in contract.SPLITS}
 
 
 def coverage_warnings(patients: dict[str, dict[str, int]]) -> list[str]:
     """A class with no patient in val or test cannot be evaluated: say so loudly."""
     return [f"class {name!r} has no patient in the {split} split; its metrics there are undefined"
-            for split in ("val", "test") for name in schema.CLASS_NAMES if patients[split][name] == 0]
+            for split in ("val", "test") for name in contract.CLASS_NAMES if patients[split][name] == 0]
 
 
 def build_manifest(*, options: dict, multipliers: dict[str, int], inputs_listed: int,
@@ -94,23 +94,23 @@ class WriteManifestFn(beam.DoFn):
             rejected=dict(rejected), shards=list(shards))
         for warning in manifest["warnings"]:
             logging.warning("DATASET WARNING: %s", warning)
-        with FileSystems.create(FileSystems.join(self._output_dir, schema.MANIFEST_FILE)) as out:
+        with FileSystems.create(FileSystems.join(self._output_dir, contract.MANIFEST_FILE)) as out:
             out.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
         yield manifest
 
 
 def read_manifest(output_dir: str) -> dict:
-    with FileSystems.open(FileSystems.join(output_dir, schema.MANIFEST_FILE)) as handle:
+    with FileSystems.open(FileSystems.join(output_dir, contract.MANIFEST_FILE)) as handle:
         return json.loads(handle.read().decode("utf-8"))
 
 
 def format_summary(manifest: dict) -> str:
     """Patients / originals / examples per split × class, then rejections and warnings."""
-    width = max(len(name) for name in schema.CLASS_NAMES) + 2
+    width = max(len(name) for name in contract.CLASS_NAMES) + 2
     header = f"{'split':<7}{'class':<{width}}{'patients':>10}{'originals':>11}{'examples':>10}"
     lines = [header, "-" * len(header)]
-    for split in schema.SPLITS:
-        for name in schema.CLASS_NAMES:
+    for split in contract.SPLITS:
+        for name in contract.CLASS_NAMES:
             lines.append(f"{split:<7}{name:<{width}}{manifest['patients'][split][name]:>10}"
                          f"{manifest['originals'][split][name]:>11}{manifest['examples'][split][name]:>10}")
     inputs = manifest["inputs"]

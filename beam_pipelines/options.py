@@ -3,7 +3,12 @@
 import logging
 import os
 
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions, WorkerOptions
+from apache_beam.options.pipeline_options import (
+    PipelineOptions,
+    SetupOptions,
+    StandardOptions,
+    WorkerOptions,
+)
 
 # Beam's DirectRunner now tries to download the Prism runner binary first; the pure-Python
 # portable runner needs no network and still honours --direct_num_workers and

@@ -17,18 +17,29 @@ from collections.abc import Iterator
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines import augmentation, example_codec, reading, schema, sources, splitting
+from beam_pipelines import (
+    augmentation,
+    contract,
+    example_codec,
+    reading,
+    sources,
+    splitting,
+)
 from beam_pipelines.manifest import WriteManifestFn, format_summary, read_manifest
 from beam_pipelines.options import build_pipeline_options, configure_logging
 from beam_pipelines.records import PreparedImage, Rejection, SourceImage
-from beam_pipelines.tfrecord_shards import DEFAULT_TARGET_SHARD_MB, EncodedExample, WriteShardedTFRecords
+from beam_pipelines.tfrecord_shards import (
+    DEFAULT_TARGET_SHARD_MB,
+    EncodedExample,
+    WriteShardedTFRecords,
+)
 
 REJECTED = sources.REJECTED
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 2048
 DEFAULT_PATIENT_KEY = "cxr-classifier-default-key"
 PROGRESS_EVERY = 500
-OUTPUT_PATTERNS = (*(schema.shard_pattern(split) for split in schema.SPLITS), "rejected-*.jsonl",
-                   schema.MANIFEST_FILE)
+OUTPUT_PATTERNS = (*(contract.shard_pattern(split) for split in contract.SPLITS), "rejected-*.jsonl",
+                   contract.MANIFEST_FILE)
 
 
 class ReadAndPrepareFn(beam.DoFn):
@@ -248,7 +259,7 @@ def run(argv: list[str] | None = None) -> dict | None:
     options = build_pipeline_options(beam_args)
     with beam.Pipeline(options=options) as pipeline:
         build_pipeline(pipeline, args)
-    if FileSystems.exists(FileSystems.join(args.output_dir, schema.MANIFEST_FILE)):
+    if FileSystems.exists(FileSystems.join(args.output_dir, contract.MANIFEST_FILE)):
         manifest = read_manifest(args.output_dir)
         print(format_summary(manifest))
         return manifest

@@ -9,7 +9,7 @@ or is reprocessed, as long as the key and the fractions stay the same.
 import hashlib
 import hmac
 
-from beam_pipelines import schema
+from beam_pipelines import contract
 
 HASH_FRACTION_BYTES = 8
 
@@ -20,11 +20,11 @@ def parse_split(text: str) -> dict[str, float]:
         fractions = [float(part) for part in text.split(",")]
     except ValueError as error:
         raise ValueError(f"--split must be three numbers like 0.8,0.1,0.1, got {text!r}") from error
-    if len(fractions) != len(schema.SPLITS) or any(f < 0 for f in fractions):
+    if len(fractions) != len(contract.SPLITS) or any(f < 0 for f in fractions):
         raise ValueError(f"--split must be three non-negative fractions (train,val,test), got {text!r}")
     if abs(sum(fractions) - 1.0) > 1e-6 or fractions[0] == 0:
         raise ValueError(f"--split fractions must sum to 1 with a non-empty train split, got {text!r}")
-    return dict(zip(schema.SPLITS, fractions))
+    return dict(zip(contract.SPLITS, fractions))
 
 
 def keyed_hash(key: str, *parts: str) -> str:
@@ -46,8 +46,8 @@ def assign_split(patient_hash: str, fractions: dict[str, float]) -> str:
     """The split whose cumulative fraction interval holds the hash's position in [0, 1)."""
     position = int(patient_hash[:HASH_FRACTION_BYTES * 2], 16) / float(1 << (HASH_FRACTION_BYTES * 8))
     cumulative = 0.0
-    for split in schema.SPLITS:
+    for split in contract.SPLITS:
         cumulative += fractions[split]
         if position < cumulative:
             return split
-    return next(split for split in reversed(schema.SPLITS) if fractions[split] > 0)
+    return next(split for split in reversed(contract.SPLITS) if fractions[split] > 0)

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 import apache_beam as beam
 import tensorflow as tf
 
-from beam_pipelines import schema
+from beam_pipelines import contract
 
 DEFAULT_TARGET_SHARD_MB = 150
 
@@ -49,7 +49,7 @@ class WriteShardFn(beam.DoFn):
 
     def process(self, element: tuple[tuple[str, int, int], Iterable[tuple[str, bytes]]]) -> Iterator[dict]:
         (split, index, count), records = element
-        name = schema.shard_name(split, index, count)
+        name = contract.shard_name(split, index, count)
         final_path = f"{self._output_dir.rstrip('/')}/{name}"
         temp_path = f"{self._output_dir.rstrip('/')}/.tmp-{uuid.uuid4().hex}-{name}"
         written = size = 0

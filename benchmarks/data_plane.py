@@ -23,7 +23,15 @@ import pydicom.encaps
 import tensorflow as tf
 from PIL import Image
 
-from beam_pipelines import augmentation, example_codec, imaging, preprocess, schema, splitting, synthesize
+from beam_pipelines import (
+    augmentation,
+    contract,
+    example_codec,
+    imaging,
+    preprocess,
+    splitting,
+)
+from beam_pipelines.synthesize import pipeline as synthesize
 
 MULTIPLIERS = augmentation.parse_multipliers(augmentation.DEFAULT_MULTIPLIERS)
 FRACTIONS = splitting.parse_split("0.8,0.1,0.1")
@@ -77,7 +85,7 @@ def single_process_loop(rows: list[dict], image_size: int, output_dir: str) -> f
     """The same per-image work as the job, in one process; returns seconds."""
     os.makedirs(output_dir, exist_ok=True)
     writers = {split: tf.io.TFRecordWriter(os.path.join(output_dir, f"{split}.tfrecord.gz"), options="GZIP")
-               for split in schema.SPLITS}
+               for split in contract.SPLITS}
     start = time.perf_counter()
     for row in rows:
         with open(row["image_uri"], "rb") as handle:
@@ -220,8 +228,8 @@ def report(num_images: int, mean_file_kb: float, image_size: int, loop_seconds: 
         f"the median whole-job time on {SMALL_JOB_IMAGES} images, and the steady rate is the "
         f"{num_images - SMALL_JOB_IMAGES} extra images over the extra time.",
         "",
-        f"| run | wall times (s) | median (s) | images/s | over the loop | start-up (s) "
-        f"| steady images/s | steady over the loop |",
+        "| run | wall times (s) | median (s) | images/s | over the loop | start-up (s) "
+        "| steady images/s | steady over the loop |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
         f"| bare single-process loop, same per-image work | {loop_seconds:.1f} | {loop_seconds:.1f} | "
         f"{loop_rate:.1f} | 1.00× | – | {loop_rate:.1f} | 1.00× |",

@@ -24,8 +24,9 @@ from collections.abc import Iterator
 import keras
 import tensorflow as tf
 
-from beam_pipelines import schema
-from trainer import input_pipeline, model, synthetic_records
+from beam_pipelines import contract
+from beam_pipelines.synthesize import records as synthetic_records
+from trainer import input_pipeline, model
 
 SYNTHETIC_PER_CLASS = 400
 SYNTHETIC_SHARDS = 8
@@ -62,7 +63,7 @@ def train_split(data_dir: str | None, work_dir: str, image_size: int) -> input_p
     shards = input_pipeline.list_shards(data_dir, "train")
     if not shards:
         raise SystemExit(f"no train shards in {data_dir}")
-    return input_pipeline.SplitData("train", tuple(shards), (0,) * schema.NUM_CLASSES)
+    return input_pipeline.SplitData("train", tuple(shards), (0,) * contract.NUM_CLASSES)
 
 
 def pipeline_images_per_second(split: input_pipeline.SplitData, image_size: int, threads: int | None) -> float:

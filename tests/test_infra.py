@@ -250,7 +250,7 @@ def test_preprocess_template_parameters_are_the_job_flags():
 
 
 def test_predict_template_parameters_are_the_job_flags():
-    predict = pytest.importorskip("beam_pipelines.predict")
+    from serving import batch_predict as predict
 
     assert_parser_accepts_template(predict.build_parser(), "predict", PREDICT_SAMPLES)
 

@@ -12,8 +12,9 @@ import pytest
 import tensorflow as tf
 from pydicom.data import get_testdata_file
 
-from beam_pipelines import preprocess, schema, synthesize
+from beam_pipelines import contract, preprocess
 from beam_pipelines.options import build_pipeline_options
+from beam_pipelines.synthesize import pipeline as synthesize
 
 IMAGE_SIZE = 32
 MULTIPLIERS = {"normal": 2, "pneumonia": 3, "covid19": 5}
@@ -21,14 +22,14 @@ AUGMENT_FLAG = ",".join(f"{name}={value}" for name, value in MULTIPLIERS.items()
 
 
 def read_records(output_dir: str, split: str) -> list[tf.train.Example]:
-    files = sorted(glob.glob(os.path.join(output_dir, schema.shard_pattern(split))))
+    files = sorted(glob.glob(os.path.join(output_dir, contract.shard_pattern(split))))
     return [tf.train.Example.FromString(raw.numpy())
             for raw in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
 
 def feature(example: tf.train.Example, key: str):
     value = example.features.feature[key]
-    return value.int64_list.value[0] if key in schema.INT64_FEATURES else value.bytes_list.value[0]
+    return value.int64_list.value[0] if key in contract.INT64_FEATURES else value.bytes_list.value[0]
 
 
 def read_rejected(output_dir: str) -> list[dict]:
@@ -90,12 +91,12 @@ def job(raw_dir, tmp_path_factory) -> tuple[str, dict]:
 
 
 def all_records(output_dir: str) -> dict[str, list[tf.train.Example]]:
-    return {split: read_records(output_dir, split) for split in schema.SPLITS}
+    return {split: read_records(output_dir, split) for split in contract.SPLITS}
 
 
 def test_no_patient_is_in_two_splits(job):
     records = all_records(job[0])
-    patients = {split: {feature(example, schema.PATIENT_ID) for example in examples}
+    patients = {split: {feature(example, contract.PATIENT_ID) for example in examples}
                 for split, examples in records.items()}
     assert patients["train"] and patients["val"] | patients["test"]
     assert not patients["train"] & patients["val"]
@@ -107,13 +108,13 @@ def test_multipliers_apply_to_train_only(job):
     records = all_records(job[0])
     copies = collections.defaultdict(set)
     for example in records["train"]:
-        label = feature(example, schema.LABEL_TEXT).decode()
-        copies[(feature(example, schema.IMAGE_ID), label)].add(feature(example, schema.AUGMENTATION))
+        label = feature(example, contract.LABEL_TEXT).decode()
+        copies[(feature(example, contract.IMAGE_ID), label)].add(feature(example, contract.AUGMENTATION))
     assert copies
     for (_, label), indices in copies.items():
         assert indices == set(range(MULTIPLIERS[label]))
     for split in ("val", "test"):
-        assert {feature(example, schema.AUGMENTATION) for example in records[split]} == {0}
+        assert {feature(example, contract.AUGMENTATION) for example in records[split]} == {0}
 
 
 def dicom_identifying_values(raw_dir: str) -> set[str]:
@@ -137,14 +138,14 @@ def test_records_hold_the_schema_and_nothing_from_the_dicom_header(job, raw_dir)
     assert len(identifying) > 50
     metadata_values = set()
     for example in records:
-        assert set(example.features.feature) == schema.FEATURE_KEYS
-        assert feature(example, schema.IMAGE_FORMAT) == b"png"
-        assert feature(example, schema.IMAGE_HEIGHT) == feature(example, schema.IMAGE_WIDTH) == IMAGE_SIZE
-        image = tf.io.decode_png(feature(example, schema.IMAGE_ENCODED)).numpy()
+        assert set(example.features.feature) == contract.FEATURE_KEYS
+        assert feature(example, contract.IMAGE_FORMAT) == b"png"
+        assert feature(example, contract.IMAGE_HEIGHT) == feature(example, contract.IMAGE_WIDTH) == IMAGE_SIZE
+        image = tf.io.decode_png(feature(example, contract.IMAGE_ENCODED)).numpy()
         assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 1)
-        assert schema.CLASS_NAMES[feature(example, schema.LABEL)] == feature(example, schema.LABEL_TEXT).decode()
-        metadata_values.update(feature(example, key).decode() for key in schema.BYTES_FEATURES
-                               if key != schema.IMAGE_ENCODED)
+        assert contract.CLASS_NAMES[feature(example, contract.LABEL)] == feature(example, contract.LABEL_TEXT).decode()
+        metadata_values.update(feature(example, key).decode() for key in contract.BYTES_FEATURES
+                               if key != contract.IMAGE_ENCODED)
     assert not {value for value in metadata_values for secret in identifying if secret in value}
     everything = b"".join(example.SerializeToString() for example in records)
     assert not [value for value in identifying if len(value) >= 8 and value.encode() in everything]
@@ -169,16 +170,16 @@ def test_every_bad_input_is_rejected_with_its_reason(job, raw_dir):
 
 def test_manifest_counts_match_the_records(job):
     output_dir, manifest = job
-    with open(os.path.join(output_dir, schema.MANIFEST_FILE)) as handle:
+    with open(os.path.join(output_dir, contract.MANIFEST_FILE)) as handle:
         assert json.load(handle) == manifest
     for split, examples in all_records(output_dir).items():
-        counted = collections.Counter(feature(example, schema.LABEL_TEXT).decode() for example in examples)
-        originals = collections.Counter(feature(example, schema.LABEL_TEXT).decode() for example in examples
-                                        if feature(example, schema.AUGMENTATION) == 0)
-        assert manifest["examples"][split] == {name: counted[name] for name in schema.CLASS_NAMES}
-        assert manifest["originals"][split] == {name: originals[name] for name in schema.CLASS_NAMES}
+        counted = collections.Counter(feature(example, contract.LABEL_TEXT).decode() for example in examples)
+        originals = collections.Counter(feature(example, contract.LABEL_TEXT).decode() for example in examples
+                                        if feature(example, contract.AUGMENTATION) == 0)
+        assert manifest["examples"][split] == {name: counted[name] for name in contract.CLASS_NAMES}
+        assert manifest["originals"][split] == {name: originals[name] for name in contract.CLASS_NAMES}
     assert manifest["augmentation_multipliers"] == MULTIPLIERS
-    assert manifest["schema"]["classes"] == list(schema.CLASS_NAMES)
+    assert manifest["schema"]["classes"] == list(contract.CLASS_NAMES)
     assert "patient_key" not in manifest["options"]
     shard_files = {shard["file"] for shard in manifest["shards"]}
     assert shard_files == {os.path.basename(path) for path in glob.glob(f"{output_dir}/*.tfrecord.gz")}

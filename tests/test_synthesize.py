@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 from pydicom import uid
 
-from beam_pipelines import dicom_writer, phantom, synthesize
+from beam_pipelines.synthesize import dicom_writer, phantom
+from beam_pipelines.synthesize import pipeline as synthesize
 
 IMAGE_SIZE = 64
 NUM_RSNA = 30

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from beam_pipelines import schema
+from beam_pipelines import contract
 from trainer import features
 from trainer import model as model_lib
 
@@ -29,7 +29,7 @@ def layers_of(network: keras.Model, kind: str) -> list[keras.layers.Layer]:
 def moving_means_after_one_training_step(network: keras.Model) -> list[np.ndarray]:
     network.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
     images = np.random.default_rng(0).uniform(-100, 100, (2, IMAGE_SIZE, IMAGE_SIZE, features.CHANNELS))
-    network.train_on_batch(images.astype(np.float32), np.eye(schema.NUM_CLASSES, dtype=np.float32)[[0, 1]])
+    network.train_on_batch(images.astype(np.float32), np.eye(contract.NUM_CLASSES, dtype=np.float32)[[0, 1]])
     return [layer.moving_mean.numpy() for layer in layers_of(network, "batch_norm")]
 
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_pipelines import example_codec, imaging, schema
-from trainer import distribution, features, input_pipeline, synthetic_records, train
+from beam_pipelines import contract, example_codec, imaging
+from beam_pipelines.synthesize import records as synthetic_records
+from trainer import distribution, features, input_pipeline, train
 
 IMAGE_SIZE = 32
 PER_CLASS = {"train": 8, "val": 3, "test": 3}
@@ -48,7 +49,7 @@ def dataset_with(source_dir: str, target_dir: str, split: str, records: list[byt
     shutil.copytree(source_dir, target_dir)
     for path in input_pipeline.list_shards(target_dir, split):
         os.remove(path)
-    write_records(os.path.join(target_dir, schema.shard_name(split, 0, 1)), records)
+    write_records(os.path.join(target_dir, contract.shard_name(split, 0, 1)), records)
     return target_dir
 
 
@@ -91,7 +92,7 @@ def test_train_dataset_is_endless_shuffled_full_batches(data_dir):
     dataset = input_pipeline.train_dataset(split, IMAGE_SIZE, 8, num_workers=1, seed=1)
 
     assert dataset.element_spec[0].shape == (8, IMAGE_SIZE, IMAGE_SIZE, 3)
-    assert dataset.element_spec[1].shape == (8, schema.NUM_CLASSES)
+    assert dataset.element_spec[1].shape == (8, contract.NUM_CLASSES)
     batches = list(dataset.take(2 * split.num_examples // 8))  # Two passes over the split.
     labels = np.concatenate([np.argmax(labels.numpy(), axis=-1) for _, labels in batches])
     np.testing.assert_array_equal(np.bincount(labels, minlength=3), [32, 32, 32])
@@ -154,7 +155,7 @@ def test_split_without_records(data_dir, tmp_path, strategy):
 
 
 def test_eval_split_with_augmented_copies_only(data_dir, tmp_path, strategy):
-    copies = [example(label, augmentation=1).SerializeToString() for label in schema.CLASS_NAMES]
+    copies = [example(label, augmentation=1).SerializeToString() for label in contract.CLASS_NAMES]
     bad = dataset_with(data_dir, str(tmp_path / "data"), "test", copies)
     with pytest.raises(input_pipeline.DataError, match=r"split 'test' has no original \(image/augmentation == 0\)"):
         run_training(bad, str(tmp_path / "job"), strategy)
@@ -187,14 +188,14 @@ def with_feature(record: tf.train.Example, key: str, feature: tf.train.Feature) 
 
 @pytest.mark.parametrize("first_record, message", [
     (b"\xff\x00 not a protocol buffer", "not a serialized tf.Example"),
-    (without(example(), schema.LABEL).SerializeToString(), r"missing keys \['image/class/label'\]"),
+    (without(example(), contract.LABEL).SerializeToString(), r"missing keys \['image/class/label'\]"),
     (with_feature(example(), "patient/name", tf.train.Feature()).SerializeToString(),
      r"unexpected keys \['patient/name'\]"),
-    (with_feature(example(), schema.LABEL, tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"0"])))
+    (with_feature(example(), contract.LABEL, tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"0"])))
      .SerializeToString(), "image/class/label must hold exactly one int64_list value"),
     (example(size=IMAGE_SIZE * 2).SerializeToString(),
      f"records hold 64x64 images but --image_size is {IMAGE_SIZE}"),
-    (with_feature(example(), schema.IMAGE_ENCODED, tf.train.Feature(
+    (with_feature(example(), contract.IMAGE_ENCODED, tf.train.Feature(
         bytes_list=tf.train.BytesList(value=[b"not a png"]))).SerializeToString(), "not a readable PNG"),
 ])
 def test_first_record_not_matching_the_schema(data_dir, tmp_path, strategy, first_record, message):
@@ -204,8 +205,8 @@ def test_first_record_not_matching_the_schema(data_dir, tmp_path, strategy, firs
 
 
 def test_later_record_not_matching_the_schema(data_dir, tmp_path, strategy):
-    records = [example(label).SerializeToString() for label in schema.CLASS_NAMES]
-    records.append(without(example(), schema.AUGMENTATION).SerializeToString())
+    records = [example(label).SerializeToString() for label in contract.CLASS_NAMES]
+    records.append(without(example(), contract.AUGMENTATION).SerializeToString())
     bad = dataset_with(data_dir, str(tmp_path / "data"), "test", records)
     with pytest.raises(input_pipeline.DataError, match="split 'test': a record does not match"):
         run_training(bad, str(tmp_path / "job"), strategy)
@@ -213,7 +214,7 @@ def test_later_record_not_matching_the_schema(data_dir, tmp_path, strategy):
 
 def test_shard_that_is_not_gzip(data_dir, tmp_path, strategy):
     bad = dataset_with(data_dir, str(tmp_path / "data"), "val", [])
-    with tf.io.TFRecordWriter(os.path.join(bad, schema.shard_name("val", 0, 1))) as writer:
+    with tf.io.TFRecordWriter(os.path.join(bad, contract.shard_name("val", 0, 1))) as writer:
         writer.write(example().SerializeToString())
     with pytest.raises(input_pipeline.DataError, match="cannot read .* as GZIP-compressed TFRecords"):
         run_training(bad, str(tmp_path / "job"), strategy)

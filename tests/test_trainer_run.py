@@ -16,8 +16,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from beam_pipelines import schema
-from trainer import distribution, export, features, input_pipeline, model, synthetic_records, train
+from beam_pipelines import contract
+from beam_pipelines.synthesize import records as synthetic_records
+from serving import export
+from trainer import distribution, features, input_pipeline, model, train
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = 32
@@ -58,7 +60,7 @@ def test_two_replica_run_writes_every_output(two_replica_run):
         metrics = json.load(handle)
     for split in ("val", "test"):
         assert metrics[split]["num_examples"] == 12  # Originals only.
-        assert set(metrics[split]["per_class"]) == set(schema.CLASS_NAMES)
+        assert set(metrics[split]["per_class"]) == set(contract.CLASS_NAMES)
         assert metrics[split]["by_source"][synthetic_records.SOURCE]["num_examples"] == 12
         assert 0.0 <= metrics[split]["macro"]["f1"] <= 1.0
         assert f"{split:<6} macro" in completed.stdout  # The printed table.
@@ -78,10 +80,10 @@ def test_exported_signatures_round_trip_examples_and_pngs(two_replica_run, data_
     job_dir, _ = two_replica_run
     test_split = input_pipeline.inspect_data(data_dir, IMAGE_SIZE)["test"]
     serialized = [record.numpy() for record in tf.data.TFRecordDataset(test_split.shards, "GZIP").take(5)]
-    pngs = [tf.train.Example.FromString(record).features.feature[schema.IMAGE_ENCODED].bytes_list.value[0]
+    pngs = [tf.train.Example.FromString(record).features.feature[contract.IMAGE_ENCODED].bytes_list.value[0]
             for record in serialized]
     unlabeled = tf.train.Example()
-    unlabeled.features.feature[schema.IMAGE_ENCODED].bytes_list.value.append(pngs[0])
+    unlabeled.features.feature[contract.IMAGE_ENCODED].bytes_list.value.append(pngs[0])
 
     served = tf.saved_model.load(os.path.join(job_dir, "export"))
     by_example = served.signatures[export.SERVING_EXAMPLES]
@@ -93,7 +95,7 @@ def test_exported_signatures_round_trip_examples_and_pngs(two_replica_run, data_
     from_examples = by_example(examples=tf.constant(serialized))
     from_pngs = by_png(image_png=tf.constant(pngs))
     assert from_examples["probabilities"].dtype == tf.float32
-    assert from_examples["probabilities"].shape == (5, schema.NUM_CLASSES)
+    assert from_examples["probabilities"].shape == (5, contract.NUM_CLASSES)
     assert from_examples["class_id"].dtype == tf.int64
     np.testing.assert_allclose(from_examples["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(from_examples["class_id"], np.argmax(from_examples["probabilities"], axis=1))

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from beam_pipelines import schema
+from beam_pipelines import contract
 from trainer import plots
 
 METRICS_FILE = "metrics.json"
@@ -63,7 +63,7 @@ def predict(model: keras.Model, datasets: dict[str, tf.data.Dataset]) -> dict[st
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray,
-                     num_classes: int = schema.NUM_CLASSES) -> np.ndarray:
+                     num_classes: int = contract.NUM_CLASSES) -> np.ndarray:
     """Counts [true class, predicted class]."""
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(matrix, (np.asarray(labels), np.asarray(predicted)), 1)
@@ -102,7 +102,7 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dic
     matrix = confusion_matrix(labels, np.argmax(probabilities, axis=-1))
     total = int(matrix.sum())
     per_class = {}
-    for index, name in enumerate(schema.CLASS_NAMES):
+    for index, name in enumerate(contract.CLASS_NAMES):
         true_positives = int(matrix[index, index])
         false_negatives = int(matrix[index].sum()) - true_positives
         false_positives = int(matrix[:, index].sum()) - true_positives
@@ -159,12 +159,12 @@ def format_table(metrics_by_split: dict[str, dict]) -> str:
 
 def _format_source_table(metrics_by_split: dict[str, dict]) -> str:
     header = f"{'split':<6} {'source':<10} {'n':>6} " + " ".join(
-        f"{name:>10}" for name in (*schema.CLASS_NAMES, "accuracy"))
+        f"{name:>10}" for name in (*contract.CLASS_NAMES, "accuracy"))
     lines = ["One-vs-rest ROC-AUC within each source (near 0.5 where the overall AUC is high: "
              "the class is recognised by its source):", header, "-" * len(header)]
     for split, metrics in metrics_by_split.items():
         for source, figures in metrics.get("by_source", {}).items():
-            values = [figures["per_class"][name]["roc_auc"] for name in schema.CLASS_NAMES]
+            values = [figures["per_class"][name]["roc_auc"] for name in contract.CLASS_NAMES]
             cells = " ".join(f"{_cell(value):>10}" for value in (*values, figures["accuracy"]))
             lines.append(f"{split:<6} {source:<10} {figures['num_examples']:>6} {cells}")
     return "\n".join(lines)
@@ -178,11 +178,11 @@ def write_report(eval_dir: str, results: dict[str, SplitPredictions]) -> dict[st
         json.dump(metrics_by_split, output, indent=2)
     confusion_png = plots.confusion_matrices(
         {split: np.asarray(metrics["confusion_matrix"]) for split, metrics in metrics_by_split.items()},
-        schema.CLASS_NAMES)
+        contract.CLASS_NAMES)
     roc_png = plots.roc_curves(
         {split: {name: (*roc_curve(labels == index, probabilities[:, index]),
                         metrics_by_split[split]["per_class"][name]["roc_auc"])
-                 for index, name in enumerate(schema.CLASS_NAMES)}
+                 for index, name in enumerate(contract.CLASS_NAMES)}
          for split, (labels, probabilities, _) in results.items()})
     for name, png in ((CONFUSION_MATRIX_FILE, confusion_png), (ROC_FILE, roc_png)):
         with tf.io.gfile.GFile(os.path.join(eval_dir, name), "wb") as output:

@@ -7,15 +7,15 @@ served model sees exactly the tensors it was trained on.
 import keras
 import tensorflow as tf
 
-from beam_pipelines import schema
+from beam_pipelines import contract
 
 CHANNELS = 3  # ResNet50 (and its ImageNet weights) expects RGB input.
 
 
 def parse_spec() -> dict[str, tf.io.FixedLenFeature]:
     """Every schema key, without defaults: a record that lacks one fails to parse."""
-    spec = {key: tf.io.FixedLenFeature([], tf.string) for key in schema.BYTES_FEATURES}
-    spec.update({key: tf.io.FixedLenFeature([], tf.int64) for key in schema.INT64_FEATURES})
+    spec = {key: tf.io.FixedLenFeature([], tf.string) for key in contract.BYTES_FEATURES}
+    spec.update({key: tf.io.FixedLenFeature([], tf.int64) for key in contract.INT64_FEATURES})
     return spec
 
 
@@ -44,4 +44,4 @@ def decode_images(pngs: tf.Tensor, image_size: int) -> tf.Tensor:
 
 def one_hot_label(label: tf.Tensor) -> tf.Tensor:
     """Class id → the one-hot target categorical cross-entropy expects."""
-    return tf.one_hot(label, schema.NUM_CLASSES, dtype=tf.float32)
+    return tf.one_hot(label, contract.NUM_CLASSES, dtype=tf.float32)

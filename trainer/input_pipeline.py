@@ -14,7 +14,7 @@ import tensorflow as tf
 from absl import logging
 from google.protobuf import message as protobuf_message
 
-from beam_pipelines import schema
+from beam_pipelines import contract
 from trainer import features
 
 COMPRESSION = "GZIP"
@@ -46,7 +46,7 @@ class SplitData:
 
 def list_shards(data_dir: str, split: str) -> list[str]:
     """Sorted shard paths of one split (local or gs://)."""
-    return sorted(tf.io.gfile.glob(f"{data_dir.rstrip('/')}/{schema.shard_pattern(split)}"))
+    return sorted(tf.io.gfile.glob(f"{data_dir.rstrip('/')}/{contract.shard_pattern(split)}"))
 
 
 def inspect_data(data_dir: str, image_size: int) -> dict[str, SplitData]:
@@ -57,16 +57,16 @@ def inspect_data(data_dir: str, image_size: int) -> dict[str, SplitData]:
 
     Raises:
       DataError: the dir is missing or empty, a split has no shards or no records,
-        a record does not match `beam_pipelines.schema`, or train lacks a class.
+        a record does not match `beam_pipelines.contract`, or train lacks a class.
     """
     if not tf.io.gfile.isdir(data_dir):
         raise DataError(f"data dir {data_dir} does not exist; pass the --output_dir of "
                         "python -m beam_pipelines.preprocess as --data_dir")
     splits = {}
-    for split in schema.SPLITS:
+    for split in contract.SPLITS:
         shards = list_shards(data_dir, split)
         if not shards:
-            raise DataError(f"no {split} shards ({schema.shard_pattern(split)}) in {data_dir}; "
+            raise DataError(f"no {split} shards ({contract.shard_pattern(split)}) in {data_dir}; "
                             "it must hold the output of python -m beam_pipelines.preprocess")
         originals_only = split != "train"
         _check_first_record(split, shards, image_size)
@@ -74,11 +74,11 @@ def inspect_data(data_dir: str, image_size: int) -> dict[str, SplitData]:
         if not counts.sum():
             kind = "original (image/augmentation == 0) records" if originals_only else "records"
             raise DataError(f"split {split!r} has no {kind} in its {len(shards)} shard(s) in {data_dir}")
-        missing = [name for name, count in zip(schema.CLASS_NAMES, counts) if not count]
+        missing = [name for name, count in zip(contract.CLASS_NAMES, counts) if not count]
         if missing and split == "train":
             raise DataError(
                 f"split 'train' has no examples of class(es) {', '.join(missing)} "
-                f"(counts: {dict(zip(schema.CLASS_NAMES, counts.tolist()))}); the model cannot "
+                f"(counts: {dict(zip(contract.CLASS_NAMES, counts.tolist()))}); the model cannot "
                 "learn a class it never sees: add data or change the split")
         if missing:
             logging.warning("split %r has no examples of class(es) %s: their sensitivity and ROC-AUC "
@@ -97,31 +97,31 @@ def validate_record(serialized: bytes, image_size: int) -> None:
     feature = example.features.feature
     present = set(feature)
     problems = []
-    if missing := sorted(schema.FEATURE_KEYS - present):
+    if missing := sorted(contract.FEATURE_KEYS - present):
         problems.append(f"missing keys {missing}")
-    if unexpected := sorted(present - schema.FEATURE_KEYS):
+    if unexpected := sorted(present - contract.FEATURE_KEYS):
         problems.append(f"unexpected keys {unexpected}")
-    for keys, kind in ((schema.BYTES_FEATURES, "bytes_list"), (schema.INT64_FEATURES, "int64_list")):
+    for keys, kind in ((contract.BYTES_FEATURES, "bytes_list"), (contract.INT64_FEATURES, "int64_list")):
         for key in sorted(present.intersection(keys)):
             values = getattr(feature[key], kind).value
             if feature[key].WhichOneof("kind") != kind or len(values) != 1:
                 problems.append(f"{key} must hold exactly one {kind} value")
     if problems:
-        raise DataError("the record does not match beam_pipelines/schema.py: " + "; ".join(problems))
+        raise DataError("the record does not match beam_pipelines/contract.py: " + "; ".join(problems))
 
-    image_format = feature[schema.IMAGE_FORMAT].bytes_list.value[0].decode("utf-8", "replace")
-    if image_format != schema.IMAGE_FORMAT_PNG:
-        raise DataError(f"image/format is {image_format!r}; the trainer reads {schema.IMAGE_FORMAT_PNG!r} only")
-    height = feature[schema.IMAGE_HEIGHT].int64_list.value[0]
-    width = feature[schema.IMAGE_WIDTH].int64_list.value[0]
+    image_format = feature[contract.IMAGE_FORMAT].bytes_list.value[0].decode("utf-8", "replace")
+    if image_format != contract.IMAGE_FORMAT_PNG:
+        raise DataError(f"image/format is {image_format!r}; the trainer reads {contract.IMAGE_FORMAT_PNG!r} only")
+    height = feature[contract.IMAGE_HEIGHT].int64_list.value[0]
+    width = feature[contract.IMAGE_WIDTH].int64_list.value[0]
     if (height, width) != (image_size, image_size):
         raise DataError(f"records hold {height}x{width} images but --image_size is {image_size}; "
                         f"pass --image_size {height} or preprocess again with --image_size {image_size}")
-    label = feature[schema.LABEL].int64_list.value[0]
-    if not 0 <= label < schema.NUM_CLASSES:
-        raise DataError(f"image/class/label {label} is not a class id 0..{schema.NUM_CLASSES - 1}")
+    label = feature[contract.LABEL].int64_list.value[0]
+    if not 0 <= label < contract.NUM_CLASSES:
+        raise DataError(f"image/class/label {label} is not a class id 0..{contract.NUM_CLASSES - 1}")
     try:
-        pixels = tf.io.decode_png(feature[schema.IMAGE_ENCODED].bytes_list.value[0], channels=0)
+        pixels = tf.io.decode_png(feature[contract.IMAGE_ENCODED].bytes_list.value[0], channels=0)
     except tf.errors.InvalidArgumentError as error:
         raise DataError(f"image/encoded is not a readable PNG ({error.message})") from error
     if tuple(pixels.shape) != (height, width, 1) or pixels.dtype != tf.uint8:
@@ -150,7 +150,7 @@ def eval_dataset(split: SplitData, image_size: int, batch_size: int, num_workers
     figures down by source, where a model that recognises the source shows itself.
     """
     with_source = _original_records(split).map(
-        lambda record: (*_image_and_label(record, image_size), record[schema.SOURCE]),
+        lambda record: (*_image_and_label(record, image_size), record[contract.SOURCE]),
         num_parallel_calls=tf.data.AUTOTUNE)
     return with_source.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(
         _options(len(split.shards), num_workers, deterministic=True))
@@ -176,7 +176,7 @@ def _original_records(split: SplitData) -> tf.data.Dataset:
     files = tf.data.Dataset.from_tensor_slices(list(split.shards))
     records = _interleave_records(files, len(split.shards), deterministic=True)
     parsed = records.map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
-    return parsed.filter(lambda record: tf.equal(record[schema.AUGMENTATION], 0))
+    return parsed.filter(lambda record: tf.equal(record[contract.AUGMENTATION], 0))
 
 
 def _interleave_records(files: tf.data.Dataset, num_files: int, deterministic: bool) -> tf.data.Dataset:
@@ -191,8 +191,8 @@ def _parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
 
 
 def _image_and_label(record: dict[str, tf.Tensor], image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
-    return (features.decode_image(record[schema.IMAGE_ENCODED], image_size),
-            features.one_hot_label(record[schema.LABEL]))
+    return (features.decode_image(record[contract.IMAGE_ENCODED], image_size),
+            features.one_hot_label(record[contract.LABEL]))
 
 
 def _options(num_shards: int, num_workers: int, deterministic: bool) -> tf.data.Options:
@@ -221,24 +221,24 @@ def _check_first_record(split: str, shards: list[str], image_size: int) -> None:
 
 def _count_classes(split: str, shards: list[str], originals_only: bool) -> np.ndarray:
     """Examples per class in one pass that parses only the label and augmentation index."""
-    spec = {schema.LABEL: tf.io.FixedLenFeature([], tf.int64),
-            schema.AUGMENTATION: tf.io.FixedLenFeature([], tf.int64)}
+    spec = {contract.LABEL: tf.io.FixedLenFeature([], tf.int64),
+            contract.AUGMENTATION: tf.io.FixedLenFeature([], tf.int64)}
     files = tf.data.Dataset.from_tensor_slices(shards)
     batches = _interleave_records(files, len(shards), deterministic=False).batch(COUNT_BATCH).map(
         lambda serialized: tf.io.parse_example(serialized, spec), num_parallel_calls=tf.data.AUTOTUNE)
-    counts = np.zeros(schema.NUM_CLASSES, dtype=np.int64)
+    counts = np.zeros(contract.NUM_CLASSES, dtype=np.int64)
     try:
         for batch in batches.prefetch(tf.data.AUTOTUNE):
-            labels = batch[schema.LABEL].numpy()
+            labels = batch[contract.LABEL].numpy()
             if originals_only:
-                labels = labels[batch[schema.AUGMENTATION].numpy() == 0]
-            invalid = labels[(labels < 0) | (labels >= schema.NUM_CLASSES)]
+                labels = labels[batch[contract.AUGMENTATION].numpy() == 0]
+            invalid = labels[(labels < 0) | (labels >= contract.NUM_CLASSES)]
             if invalid.size:
                 raise DataError(f"split {split!r}: image/class/label {invalid[0]} is not a class id "
-                                f"0..{schema.NUM_CLASSES - 1}")
-            counts += np.bincount(labels, minlength=schema.NUM_CLASSES)
+                                f"0..{contract.NUM_CLASSES - 1}")
+            counts += np.bincount(labels, minlength=contract.NUM_CLASSES)
     except tf.errors.InvalidArgumentError as error:
-        raise DataError(f"split {split!r}: a record does not match beam_pipelines/schema.py "
+        raise DataError(f"split {split!r}: a record does not match beam_pipelines/contract.py "
                         f"({error.message.splitlines()[0]})") from error
     except tf.errors.DataLossError as error:
         raise DataError(f"split {split!r}: a shard is not a readable {COMPRESSION}-compressed "

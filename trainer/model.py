@@ -19,7 +19,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from beam_pipelines import schema
+from beam_pipelines import contract
 from trainer import features
 
 INPUT_NAME = "image"
@@ -72,7 +72,7 @@ def build_model(image_size: int, weights: str | None) -> keras.Model:
         x = keras.layers.Dense(units, activation="relu", name=f"{HEAD_PREFIX}dense_{index}")(x)
         x = keras.layers.Dropout(rate, name=f"{HEAD_PREFIX}dropout_{index}")(x)
     # float32 softmax keeps probabilities exact under mixed precision.
-    outputs = keras.layers.Dense(schema.NUM_CLASSES, activation="softmax", dtype="float32",
+    outputs = keras.layers.Dense(contract.NUM_CLASSES, activation="softmax", dtype="float32",
                                  name=f"{HEAD_PREFIX}probabilities")(x)
     return keras.Model(inputs, outputs, name="resnet50_cxr")
 

@@ -21,8 +21,9 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from beam_pipelines import schema
-from trainer import distribution, evaluation, export, input_pipeline
+from beam_pipelines import contract
+from serving import export
+from trainer import distribution, evaluation, input_pipeline
 from trainer import model as model_lib
 
 
@@ -178,7 +179,7 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy,
     data = input_pipeline.inspect_data(config.data_dir, config.image_size)
     for split in data.values():
         logging.info("%s: %d examples %s in %d shard(s)", split.name, split.num_examples,
-                     dict(zip(schema.CLASS_NAMES, split.class_counts)), len(split.shards))
+                     dict(zip(contract.CLASS_NAMES, split.class_counts)), len(split.shards))
     global_batch_size = config.batch_size * strategy.num_replicas_in_sync
     inputs = _fit_inputs(config, data, global_batch_size, distribution.worker_count(strategy))
     logging.info("%d replica(s) in sync, global batch %d, %d steps per epoch, class weights %s",

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-PIPELINES = ("preprocess", "predict")
+PIPELINES = {"preprocess": "beam_pipelines.preprocess", "predict": "serving.batch_predict"}
 
 
 def main(argv: list[str]) -> None:
@@ -21,7 +21,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"CXR_PIPELINE must be one of {', '.join(PIPELINES)} (set by "
                          f"`docker build --build-arg PIPELINE=...`), got {pipeline!r}")
     logging.getLogger().setLevel(logging.INFO)
-    importlib.import_module(f"beam_pipelines.{pipeline}").run(argv)
+    importlib.import_module(PIPELINES[pipeline]).run(argv)
 
 
 if __name__ == "__main__":

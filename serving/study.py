@@ -3,7 +3,7 @@
 Prints the predicted class and the three class probabilities for one DICOM, PNG or JPEG,
 computed as batch prediction computes them: `imaging.preprocess_image`, the training
 preprocessing, then the exported `predict_png` signature. `--gradcam` also writes the
-image with a Grad-CAM heat map over it (see trainer.gradcam), made with the Keras model
+image with a Grad-CAM heat map over it (see serving.gradcam), made with the Keras model
 the trainer saves next to its export.
 
 The file is read and decoded before TensorFlow is imported: an unreadable study is
@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from beam_pipelines import imaging, schema
+from beam_pipelines import contract, imaging
 
 PROG = "cxr-predict"
 DEFAULT_IMAGE_SIZE = 128
@@ -54,8 +54,8 @@ def read_study(path: str, image_size: int) -> np.ndarray:
 
 def format_prediction(class_id: int, probabilities: np.ndarray) -> list[str]:
     """`name: value` lines, named like the batch prediction CSV's columns."""
-    lines = [f"predicted_class: {schema.CLASS_NAMES[class_id]}"]
-    lines += [f"p_{name}: {probability:.6f}" for name, probability in zip(schema.CLASS_NAMES, probabilities)]
+    lines = [f"predicted_class: {contract.CLASS_NAMES[class_id]}"]
+    lines += [f"p_{name}: {probability:.6f}" for name, probability in zip(contract.CLASS_NAMES, probabilities)]
     return lines
 
 
@@ -63,7 +63,7 @@ def predict_study(pixels: np.ndarray, model_dir: str, gradcam_path: str | None) 
     """Runs the exported model (and Grad-CAM on request); returns the lines to print."""
     import tensorflow as tf  # Deferred: see the module docstring.
 
-    from trainer import export, gradcam
+    from serving import export, gradcam
 
     export_dir = next((candidate for candidate in (model_dir, os.path.join(model_dir, EXPORT_DIR))
                        if tf.io.gfile.exists(os.path.join(candidate, tf.saved_model.SAVED_MODEL_FILENAME_PB))),

@@ -12,7 +12,8 @@ import hashlib
 import numpy as np
 import tensorflow as tf
 
-from beam_pipelines import augmentation, example_codec, imaging, phantom, schema
+from beam_pipelines import augmentation, contract, example_codec, imaging
+from beam_pipelines.synthesize import phantom
 
 SOURCE = "synthetic"
 VIEW = "PA"
@@ -27,7 +28,7 @@ def write_split(output_dir: str, split: str, per_class: int, image_size: int, nu
                 augmented_copies: int = 0, seed: int = 0) -> list[str]:
     """Writes `per_class` originals of every class (+ copies) as GZIP shards; returns the paths."""
     examples = []
-    for label in schema.CLASS_NAMES:
+    for label in contract.CLASS_NAMES:
         for index in range(per_class):
             image_id = f"{split}-{label}-{index}"
             image_seed = int.from_bytes(hashlib.sha256(f"{seed}/{image_id}".encode()).digest()[:8], "big")
@@ -43,7 +44,7 @@ def write_split(output_dir: str, split: str, per_class: int, image_size: int, nu
     tf.io.gfile.makedirs(output_dir)
     paths = []
     for shard in range(num_shards):
-        path = f"{output_dir.rstrip('/')}/{schema.shard_name(split, shard, num_shards)}"
+        path = f"{output_dir.rstrip('/')}/{contract.shard_name(split, shard, num_shards)}"
         with tf.io.TFRecordWriter(path, options="GZIP") as writer:
             for position in order[shard::num_shards]:
                 writer.write(examples[position])
@@ -54,7 +55,7 @@ def write_split(output_dir: str, split: str, per_class: int, image_size: int, nu
 def write_dataset(output_dir: str, image_size: int, per_class: dict[str, int],
                   num_shards: dict[str, int] | None = None, augmented_copies: int = 0, seed: int = 0) -> str:
     """Writes train/val/test; augmented copies go to train only, as in the preprocess job."""
-    for split in schema.SPLITS:
+    for split in contract.SPLITS:
         write_split(output_dir, split, per_class[split], image_size, (num_shards or {}).get(split, 1),
                     augmented_copies if split == "train" else 0, seed)
     return output_dir

@@ -40,8 +40,9 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 from PIL import Image
 
-from beam_pipelines import dicom_writer, phantom, sources
-from beam_pipelines.options import build_pipeline_options, configure_logging
+from beam_pipelines import sources
+from beam_pipelines.options import build_pipeline_options
+from beam_pipelines.synthesize import dicom_writer, phantom
 
 METRICS_NAMESPACE: Final = "synthesize"
 MIN_IMAGE_SIZE: Final = 32
@@ -460,10 +461,3 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
     _log_summary(result, known.output_dir)
     return result
 
-
-if __name__ == "__main__":
-    configure_logging()
-    # Run the imported module, not __main__, so that workers in other processes can
-    # unpickle the work items and DoFns by their importable names.
-    from beam_pipelines import synthesize
-    synthesize.run()

@@ -2,17 +2,17 @@
 
 Signatures (batch prediction and tfx-bsl RunInference depend on these names):
   serving_default(examples: tf.string [None]) — serialized tf.Examples of
-      `beam_pipelines.schema`; only `image/encoded` is read, so unlabeled records work.
+      `beam_pipelines.contract`; only `image/encoded` is read, so unlabeled records work.
   predict_png(image_png: tf.string [None]) — 8-bit grayscale PNGs as written by
       `beam_pipelines.imaging.encode_png` at the training image size.
 Both return {'probabilities': float32 [N, 3], 'class_id': int64 [N]}, the class ids
-indexing `schema.CLASS_NAMES`. Both decode through `trainer.features.decode_image`.
+indexing `contract.CLASS_NAMES`. Both decode through `trainer.features.decode_image`.
 """
 
 import keras
 import tensorflow as tf
 
-from beam_pipelines import schema
+from beam_pipelines import contract
 from trainer import features
 
 SERVING_EXAMPLES = "serving_default"
@@ -29,8 +29,8 @@ def export_saved_model(model: keras.Model, export_dir: str, image_size: int) -> 
         return {"probabilities": probabilities, "class_id": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
 
     def from_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
-        parsed = tf.io.parse_example(examples, {schema.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)})
-        return predict(features.decode_images(parsed[schema.IMAGE_ENCODED], image_size))
+        parsed = tf.io.parse_example(examples, {contract.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)})
+        return predict(features.decode_images(parsed[contract.IMAGE_ENCODED], image_size))
 
     def from_png(image_png: tf.Tensor) -> dict[str, tf.Tensor]:
         return predict(features.decode_images(image_png, image_size))

@@ -19,8 +19,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from beam_pipelines import dicom_writer, imaging, phantom, predict, preprocess, schema, sources, splitting
-from trainer import export, features, gradcam, study
+from beam_pipelines import contract, imaging, preprocess, sources, splitting
+from beam_pipelines.synthesize import dicom_writer, phantom
+from serving import batch_predict as predict
+from serving import export, gradcam, study
+from trainer import features
 from trainer import model as model_lib
 
 IMAGE_SIZE = 64
@@ -48,7 +51,7 @@ def read_rejections(output_path: str) -> dict[str, dict]:
 
 
 def probabilities(row: dict[str, str]) -> np.ndarray:
-    return np.array([float(row[f"p_{name}"]) for name in schema.CLASS_NAMES])
+    return np.array([float(row[f"p_{name}"]) for name in contract.CLASS_NAMES])
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +106,12 @@ def training_records(studies, tmp_path_factory) -> dict[str, bytes]:
     output_dir = str(tmp_path_factory.mktemp("tfrecords"))
     preprocess.run([f"--csv={studies}/labels.csv", f"--output_dir={output_dir}", f"--image_size={IMAGE_SIZE}",
                     "--augment=normal=1,pneumonia=1,covid19=1"])
-    files = glob.glob(os.path.join(output_dir, "*" + schema.TFRECORD_SUFFIX))
+    files = glob.glob(os.path.join(output_dir, "*" + contract.TFRECORD_SUFFIX))
     records = {}
     for raw in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
         features = tf.train.Example.FromString(raw).features.feature
-        if features[schema.AUGMENTATION].int64_list.value[0] == 0:
-            records[features[schema.IMAGE_ID].bytes_list.value[0].decode()] = raw
+        if features[contract.AUGMENTATION].int64_list.value[0] == 0:
+            records[features[contract.IMAGE_ID].bytes_list.value[0].decode()] = raw
     return records
 
 
@@ -125,7 +128,7 @@ def test_every_input_is_a_row_or_a_rejection(studies, glob_run):
     assert all(record["source"] == "glob" and record["reason"] for record in rejections.values())
     for row in rows.values():
         assert probabilities(row).sum() == pytest.approx(1.0, abs=1e-5)
-        assert row["predicted_class"] == schema.CLASS_NAMES[int(np.argmax(probabilities(row)))]
+        assert row["predicted_class"] == contract.CLASS_NAMES[int(np.argmax(probabilities(row)))]
 
 
 def test_csv_listing_resolves_relative_uris_and_rejects_missing_files(studies, export_dir, glob_run, tmp_path):
@@ -205,7 +208,7 @@ def test_study_prints_the_batch_prediction_and_writes_grad_cam(studies, job_dir,
     printed = printed_values(capsys.readouterr().out)
     batch_row = read_prediction_rows(glob_run)[dicom]
     assert printed["predicted_class"] == batch_row["predicted_class"]
-    np.testing.assert_allclose([float(printed[f"p_{name}"]) for name in schema.CLASS_NAMES],
+    np.testing.assert_allclose([float(printed[f"p_{name}"]) for name in contract.CLASS_NAMES],
                                probabilities(batch_row), rtol=0, atol=1e-5)
     assert printed["gradcam"] == overlay_path
     with Image.open(overlay_path) as image:
@@ -227,7 +230,7 @@ def test_study_accepts_the_export_folder(studies, export_dir, capsys):
 def test_study_reports_an_unreadable_file_in_one_line(name, message, studies, job_dir):
     path = os.path.join(studies, "images", name)
 
-    result = subprocess.run([sys.executable, "-m", "trainer.study", path, f"--model_dir={job_dir}"],
+    result = subprocess.run([sys.executable, "-m", "serving.study", path, f"--model_dir={job_dir}"],
                             capture_output=True, text=True, check=False, timeout=60)
 
     assert result.returncode == 1
@@ -273,7 +276,7 @@ def test_grad_cam_of_the_prediction_is_a_non_constant_map_at_the_image_size(kera
     assert np.ptp(heat_map) > 0.1
 
 
-@pytest.mark.parametrize("class_id", range(schema.NUM_CLASSES))
+@pytest.mark.parametrize("class_id", range(contract.NUM_CLASSES))
 def test_grad_cam_of_any_class_is_scaled_to_its_peak_or_empty(keras_model, study_pixels, class_id):
     heat_map = gradcam.grad_cam(keras_model, study_pixels, class_id)
 
