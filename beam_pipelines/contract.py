@@ -1,8 +1,12 @@
-"""The data contract between the preprocess job and the trainer.
+"""The data contract between the data plane, the trainer and serving.
 
-Both halves import the tf.Example keys, the class list and the file naming from here,
-so the schema exists in exactly one place. Nothing else from a DICOM header may be
-written to a record: `FEATURE_KEYS` is the complete set.
+Every value more than one half depends on is defined here once: the tf.Example keys,
+the classes and their order, the split names, shard naming and compression, the image
+size limits and default, and the names of the exported serving signatures and their
+inputs and outputs. Nothing else from a DICOM header may be written to a record:
+`FEATURE_KEYS` is the complete set. This module imports neither Beam nor TensorFlow, so
+the writer, the readers and the serving code can all import it, as tensorflow/models
+keeps `tf_example_feature_key.py` for its writers and readers alike.
 """
 
 from typing import Final
@@ -32,13 +36,36 @@ FEATURE_KEYS: Final[frozenset[str]] = frozenset(BYTES_FEATURES + INT64_FEATURES)
 
 SPLITS: Final[tuple[str, ...]] = ("train", "val", "test")
 TFRECORD_SUFFIX: Final = ".tfrecord.gz"
+TFRECORD_COMPRESSION: Final = "GZIP"  # tf.data's compression_type and TFRecordWriter's options name.
 MANIFEST_FILE: Final = "manifest.json"
 SCHEMA_VERSION: Final = 1
+
+# Square image side in pixels. ResNet50 takes no less than 32; above 2048 a record no
+# longer fits comfortably in a tf.data shuffle buffer.
+DEFAULT_IMAGE_SIZE: Final = 128
+MIN_IMAGE_SIZE: Final = 32
+MAX_IMAGE_SIZE: Final = 2048
+
+# The exported SavedModel's signatures, their inputs and their outputs (serving.export
+# writes them; batch prediction, cxr-predict and any TF Serving client read them).
+SERVING_EXAMPLES_SIGNATURE: Final = "serving_default"
+SERVING_PNG_SIGNATURE: Final = "predict_png"
+EXAMPLES_INPUT: Final = "examples"
+PNG_INPUT: Final = "image_png"
+PROBABILITIES_OUTPUT: Final = "probabilities"
+CLASS_ID_OUTPUT: Final = "class_id"
 
 
 def shard_pattern(split: str) -> str:
     """Glob (relative to the output dir) matching every shard of one split."""
     return f"{split}-*-of-*{TFRECORD_SUFFIX}"
+
+
+def image_size_problem(image_size: int) -> str | None:
+    """Why `image_size` cannot be used, or None; every flag that takes a size checks it here."""
+    if MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        return None
+    return f"image size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] pixels, got {image_size}"
 
 
 def shard_name(split: str, index: int, count: int) -> str:

@@ -1,11 +1,12 @@
-"""Encodes one preprocessed image and its labels as a tf.Example (see `schema`)."""
+"""Encodes a preprocessed image and its labels as tf.Examples (keys from `contract`)."""
 
 import dataclasses
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
 
-from beam_pipelines import contract, imaging
+from beam_pipelines import augmentation, contract, imaging
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,3 +60,15 @@ def serialize_example(pixels: np.ndarray, fields: ExampleFields) -> bytes:
     height, width = pixels.shape
     example = encode_example(imaging.encode_png(pixels), height, width, fields)
     return example.SerializeToString(deterministic=True)
+
+
+def serialize_with_copies(pixels: np.ndarray, fields: ExampleFields, copies: int,
+                          seed: int) -> Iterator[tuple[int, bytes]]:
+    """(augmentation index, record) for the original and its `copies - 1` augmented copies.
+
+    The one copy-and-encode step: the preprocess job, the synthetic records and the
+    benchmark's reference loop all call it, so their records cannot drift apart.
+    """
+    for copy_index in range(copies):
+        image = pixels if copy_index == 0 else augmentation.augment(pixels, seed, fields.image_id, copy_index)
+        yield copy_index, serialize_example(image, dataclasses.replace(fields, augmentation=copy_index))

@@ -36,7 +36,7 @@ def schema_description() -> dict:
         "bytes_features": list(contract.BYTES_FEATURES),
         "int64_features": list(contract.INT64_FEATURES),
         "image_format": contract.IMAGE_FORMAT_PNG,
-        "compression": "GZIP",
+        "compression": contract.TFRECORD_COMPRESSION,
     }
 
 

@@ -35,9 +35,9 @@ from beam_pipelines.tfrecord_shards import (
 )
 
 REJECTED = sources.REJECTED
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 2048
 DEFAULT_PATIENT_KEY = "cxr-classifier-default-key"
 PROGRESS_EVERY = 500
+DEFAULT_SEED = 42
 OUTPUT_PATTERNS = (*(contract.shard_pattern(split) for split in contract.SPLITS), "rejected-*.jsonl",
                    contract.MANIFEST_FILE)
 
@@ -89,15 +89,11 @@ class ExpandExamplesFn(beam.DoFn):
 
     def process(self, image: PreparedImage, multipliers: dict[str, int]) -> Iterator[EncodedExample]:
         copies = multipliers[image.label] if image.split == "train" else 1
-        for copy_index in range(copies):
-            pixels = (image.pixels if copy_index == 0
-                      else augmentation.augment(image.pixels, self._seed, image.image_id, copy_index))
-            fields = example_codec.ExampleFields(
-                label=image.label, image_id=image.image_id, source=image.source, view=image.view,
-                patient_id=image.patient_key, augmentation=copy_index)
+        fields = example_codec.ExampleFields(label=image.label, image_id=image.image_id, source=image.source,
+                                             view=image.view, patient_id=image.patient_key)
+        for copy_index, serialized in example_codec.serialize_with_copies(image.pixels, fields, copies, self._seed):
             (self._augmented if copy_index else self._originals).inc()
-            yield EncodedExample(image.split, image.label, image.image_id, copy_index,
-                                 example_codec.serialize_example(pixels, fields))
+            yield EncodedExample(image.split, image.label, image.image_id, copy_index, serialized)
 
 
 class ListSources(beam.PTransform):
@@ -205,11 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--covid_dir", help="ieee8023 covid-chestxray-dataset folder (metadata.csv, images/).")
     parser.add_argument("--csv", help="CSV of image_uri,label,patient_id[,view] for your own data.")
     parser.add_argument("--output_dir", required=True, help="Where shards, rejected-*.jsonl and manifest.json go.")
-    parser.add_argument("--image_size", type=int, default=128, help="Side of the square output images.")
+    parser.add_argument("--image_size", type=int, default=contract.DEFAULT_IMAGE_SIZE,
+                        help="Side of the square output images.")
     parser.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions of patients.")
     parser.add_argument("--augment", default=augmentation.DEFAULT_MULTIPLIERS,
                         help="Examples per train image, original included: class=N pairs, or 'auto'.")
-    parser.add_argument("--seed", type=int, default=42, help="Seed of the augmentation randomness.")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="Seed of the augmentation randomness.")
     parser.add_argument("--rsna_not_normal", choices=sources.NOT_NORMAL_POLICIES, default="exclude",
                         help="What RSNA 'No Lung Opacity / Not Normal' patients become.")
     parser.add_argument("--patient_key", default=DEFAULT_PATIENT_KEY,
@@ -231,8 +228,8 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     """Fails fast, before any work, on bad flags, missing inputs or a used output dir."""
     if not (args.rsna_dir or args.covid_dir or args.csv):
         parser.error("give at least one source: --rsna_dir, --covid_dir or --csv")
-    if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
-        parser.error(f"--image_size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {args.image_size}")
+    if problem := contract.image_size_problem(args.image_size):
+        parser.error(f"--image_size: {problem}")
     if args.target_shard_mb <= 0:
         parser.error("--target_shard_mb must be positive")
     try:

@@ -53,7 +53,7 @@ class WriteShardFn(beam.DoFn):
         final_path = f"{self._output_dir.rstrip('/')}/{name}"
         temp_path = f"{self._output_dir.rstrip('/')}/.tmp-{uuid.uuid4().hex}-{name}"
         written = size = 0
-        with tf.io.TFRecordWriter(temp_path, options="GZIP") as writer:
+        with tf.io.TFRecordWriter(temp_path, options=contract.TFRECORD_COMPRESSION) as writer:
             for _, serialized in sorted(records):
                 writer.write(serialized)
                 written += 1

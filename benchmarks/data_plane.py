@@ -36,6 +36,7 @@ from beam_pipelines.synthesize import pipeline as synthesize
 MULTIPLIERS = augmentation.parse_multipliers(augmentation.DEFAULT_MULTIPLIERS)
 FRACTIONS = splitting.parse_split("0.8,0.1,0.1")
 KEY = preprocess.DEFAULT_PATIENT_KEY
+SEED = preprocess.DEFAULT_SEED
 BEAM_RUNS = 3
 SMALL_JOB_IMAGES = 20
 RUNNING_MODES = ("multi_processing", "multi_threading")
@@ -84,7 +85,8 @@ def write_csv(rows: list[dict], path: str) -> None:
 def single_process_loop(rows: list[dict], image_size: int, output_dir: str) -> float:
     """The same per-image work as the job, in one process; returns seconds."""
     os.makedirs(output_dir, exist_ok=True)
-    writers = {split: tf.io.TFRecordWriter(os.path.join(output_dir, f"{split}.tfrecord.gz"), options="GZIP")
+    writers = {split: tf.io.TFRecordWriter(os.path.join(output_dir, f"{split}{contract.TFRECORD_SUFFIX}"),
+                                           options=contract.TFRECORD_COMPRESSION)
                for split in contract.SPLITS}
     start = time.perf_counter()
     for row in rows:
@@ -94,10 +96,9 @@ def single_process_loop(rows: list[dict], image_size: int, output_dir: str) -> f
         image_id = splitting.pseudonymous_image_id(KEY, "csv", row["image_uri"])
         split = splitting.assign_split(patient, FRACTIONS)
         copies = MULTIPLIERS[row["label"]] if split == "train" else 1
-        for copy_index in range(copies):
-            image = pixels if copy_index == 0 else augmentation.augment(pixels, 42, image_id, copy_index)
-            fields = example_codec.ExampleFields(row["label"], image_id, "csv", "", patient, copy_index)
-            writers[split].write(example_codec.serialize_example(image, fields))
+        fields = example_codec.ExampleFields(row["label"], image_id, "csv", "", patient)
+        for _, serialized in example_codec.serialize_with_copies(pixels, fields, copies, SEED):
+            writers[split].write(serialized)
     for writer in writers.values():
         writer.close()
     return time.perf_counter() - start
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--work_dir", default="bench_output")
     parser.add_argument("--num_images", type=int, default=2250,
                         help="DICOMs to synthesise; 9 in 10 are JPEG Baseline, the ones benchmarked.")
-    parser.add_argument("--image_size", type=int, default=128)
+    parser.add_argument("--image_size", type=int, default=contract.DEFAULT_IMAGE_SIZE)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     rows = prepare_inputs(args.work_dir, args.num_images, 1024)

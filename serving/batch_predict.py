@@ -39,15 +39,10 @@ from beam_pipelines.records import Rejection
 
 REJECTED = sources.REJECTED
 METRICS_NAMESPACE = "predict"
-DEFAULT_IMAGE_SIZE = 128
 CSV_URI_COLUMN = "image_uri"
 GLOB_SOURCE = "glob"
 PREDICTION_COLUMNS = ("uri", "predicted_class", *(f"p_{name}" for name in contract.CLASS_NAMES))
 SINGLE_FILE_TEMPLATE = "-SSSSS-of-NNNNN"
-# Signature and output names of the SavedModel written by serving.export.
-SERVING_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
-PROBABILITIES_OUTPUT = "probabilities"
-CLASS_ID_OUTPUT = "class_id"
 # Caps RunInference's adaptive batching, which would otherwise grow batches into the thousands:
 # 32 ResNet50 inputs at 128² take a few hundred MB of activations, which leaves each SDK
 # process of a 4 GB-per-vCPU worker room for its own copy of the model.
@@ -72,7 +67,8 @@ def serving_example(png: bytes) -> bytes:
 def inference_spec(model_dir: str) -> model_spec_pb2.InferenceSpecType:
     """In-process inference with the SavedModel's `serving_default` signature."""
     return model_spec_pb2.InferenceSpecType(
-        saved_model_spec=model_spec_pb2.SavedModelSpec(model_path=model_dir, signature_name=[SERVING_SIGNATURE]),
+        saved_model_spec=model_spec_pb2.SavedModelSpec(
+            model_path=model_dir, signature_name=[contract.SERVING_EXAMPLES_SIGNATURE]),
         batch_parameters=model_spec_pb2.BatchParameters(max_batch_size=MAX_BATCH_SIZE))
 
 
@@ -149,8 +145,8 @@ class FormatPredictionFn(beam.DoFn):
     def process(self, keyed_log: tuple[str, prediction_log_pb2.PredictionLog]) -> Iterator[str]:
         uri, log = keyed_log
         outputs = log.predict_log.response.outputs
-        probabilities = tf.make_ndarray(outputs[PROBABILITIES_OUTPUT]).reshape(-1)
-        class_name = contract.CLASS_NAMES[int(tf.make_ndarray(outputs[CLASS_ID_OUTPUT]).reshape(-1)[0])]
+        probabilities = tf.make_ndarray(outputs[contract.PROBABILITIES_OUTPUT]).reshape(-1)
+        class_name = contract.CLASS_NAMES[int(tf.make_ndarray(outputs[contract.CLASS_ID_OUTPUT]).reshape(-1)[0])]
         self._per_class[class_name].inc()
         yield csv_line([uri, class_name, *(str(np.float32(value)) for value in probabilities)])
 
@@ -200,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_path", required=True,
                         help="Prefix of the prediction CSV, e.g. out/predictions → out/predictions-00000-of-00001.csv; "
                              "rejected-00000-of-00001.jsonl goes to the same folder.")
-    parser.add_argument("--image_size", type=int, default=DEFAULT_IMAGE_SIZE,
+    parser.add_argument("--image_size", type=int, default=contract.DEFAULT_IMAGE_SIZE,
                         help="Side of the square images the model was trained on (the preprocess and trainer "
                              "--image_size); checked against the model before the job starts.")
     return parser
@@ -223,11 +219,11 @@ def model_problem(model_dir: str, image_size: int) -> str | None:
     if not tf.io.gfile.exists(posixpath.join(model_dir, tf.saved_model.SAVED_MODEL_FILENAME_PB)):
         return f"{model_dir} is not a SavedModel folder; pass the trainer's export/ folder"
     signatures = tf.saved_model.load(model_dir).signatures
-    if SERVING_SIGNATURE not in signatures:
-        return f"the SavedModel at {model_dir} has no {SERVING_SIGNATURE} signature"
+    if contract.SERVING_EXAMPLES_SIGNATURE not in signatures:
+        return f"the SavedModel at {model_dir} has no {contract.SERVING_EXAMPLES_SIGNATURE} signature"
     blank = serving_example(imaging.encode_png(np.zeros((image_size, image_size), dtype=np.uint8)))
     try:
-        signatures[SERVING_SIGNATURE](tf.constant([blank]))
+        signatures[contract.SERVING_EXAMPLES_SIGNATURE](tf.constant([blank]))
     except tf.errors.InvalidArgumentError:
         return (f"the model at {model_dir} does not take {image_size}x{image_size} images; "
                 "pass the --image_size it was trained with")

@@ -15,18 +15,14 @@ import tensorflow as tf
 from beam_pipelines import contract
 from trainer import features
 
-SERVING_EXAMPLES = "serving_default"
-SERVING_PNG = "predict_png"
-EXAMPLES_INPUT = "examples"
-PNG_INPUT = "image_png"
-
 
 def export_saved_model(model: keras.Model, export_dir: str, image_size: int) -> None:
     """Writes the SavedModel with the `serving_default` and `predict_png` signatures."""
 
     def predict(images: tf.Tensor) -> dict[str, tf.Tensor]:
         probabilities = tf.cast(model(images, training=False), tf.float32)
-        return {"probabilities": probabilities, "class_id": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
+        return {contract.PROBABILITIES_OUTPUT: probabilities,
+                contract.CLASS_ID_OUTPUT: tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
 
     def from_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
         parsed = tf.io.parse_example(examples, {contract.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)})
@@ -37,9 +33,9 @@ def export_saved_model(model: keras.Model, export_dir: str, image_size: int) -> 
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(SERVING_EXAMPLES, from_examples,
-                         input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
-    archive.add_endpoint(SERVING_PNG, from_png,
-                         input_signature=[tf.TensorSpec([None], tf.string, name=PNG_INPUT)])
+    archive.add_endpoint(contract.SERVING_EXAMPLES_SIGNATURE, from_examples,
+                         input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)])
+    archive.add_endpoint(contract.SERVING_PNG_SIGNATURE, from_png,
+                         input_signature=[tf.TensorSpec([None], tf.string, name=contract.PNG_INPUT)])
     archive.write_out(export_dir, verbose=False)
 

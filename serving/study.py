@@ -18,7 +18,6 @@ import numpy as np
 from beam_pipelines import contract, imaging
 
 PROG = "cxr-predict"
-DEFAULT_IMAGE_SIZE = 128
 EXPORT_DIR = "export"
 
 
@@ -31,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("file", help="A DICOM, PNG or JPEG chest X-ray (local path).")
     parser.add_argument("--model_dir", required=True,
                         help="The trainer's --job_dir, or its export/ folder (local or gs://).")
-    parser.add_argument("--image_size", type=int, default=DEFAULT_IMAGE_SIZE,
+    parser.add_argument("--image_size", type=int, default=contract.DEFAULT_IMAGE_SIZE,
                         help="Side of the square images the model was trained on (the trainer's --image_size).")
     parser.add_argument("--gradcam", metavar="OUT.png",
                         help="Also write the image with its Grad-CAM heat map for the predicted class "
@@ -63,21 +62,21 @@ def predict_study(pixels: np.ndarray, model_dir: str, gradcam_path: str | None) 
     """Runs the exported model (and Grad-CAM on request); returns the lines to print."""
     import tensorflow as tf  # Deferred: see the module docstring.
 
-    from serving import export, gradcam
+    from serving import gradcam
 
     export_dir = next((candidate for candidate in (model_dir, os.path.join(model_dir, EXPORT_DIR))
                        if tf.io.gfile.exists(os.path.join(candidate, tf.saved_model.SAVED_MODEL_FILENAME_PB))),
                       None)
     if export_dir is None:
         raise StudyError(f"{model_dir} holds no SavedModel; pass the trainer's job dir or its {EXPORT_DIR}/ folder")
-    predict_png = tf.saved_model.load(export_dir).signatures[export.SERVING_PNG]
+    predict_png = tf.saved_model.load(export_dir).signatures[contract.SERVING_PNG_SIGNATURE]
     try:
-        outputs = predict_png(**{export.PNG_INPUT: tf.constant([imaging.encode_png(pixels)])})
+        outputs = predict_png(**{contract.PNG_INPUT: tf.constant([imaging.encode_png(pixels)])})
     except tf.errors.InvalidArgumentError as error:
         raise StudyError(f"the model in {export_dir} does not take {pixels.shape[0]}x{pixels.shape[1]} images; "
                          "pass the --image_size it was trained with") from error
-    class_id = int(outputs["class_id"][0])
-    lines = format_prediction(class_id, outputs["probabilities"].numpy()[0])
+    class_id = int(outputs[contract.CLASS_ID_OUTPUT][0])
+    lines = format_prediction(class_id, outputs[contract.PROBABILITIES_OUTPUT].numpy()[0])
     if gradcam_path:
         try:
             model = gradcam.load_model(os.path.dirname(export_dir.rstrip("/")))

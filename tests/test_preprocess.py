@@ -201,7 +201,7 @@ def test_a_rerun_on_another_runner_mode_gives_identical_records(job, raw_dir, tm
 
 def test_auto_multipliers_balance_the_train_classes(raw_dir, tmp_path):
     manifest = preprocess.run([f"--covid_dir={raw_dir}/covid", f"--rsna_dir={raw_dir}/rsna",
-                               f"--output_dir={tmp_path}", "--image_size=16", "--augment=auto"])
+                               f"--output_dir={tmp_path}", "--image_size=32", "--augment=auto"])
     originals = manifest["originals"]["train"]
     largest = max(originals.values())
     for name, count in originals.items():
@@ -231,7 +231,7 @@ def test_a_used_output_dir_needs_overwrite(job, raw_dir, tmp_path, capsys):
         preprocess.run([f"--covid_dir={raw_dir}/covid", f"--output_dir={output_dir}"])
     assert "--overwrite" in capsys.readouterr().err
     manifest = preprocess.run([f"--covid_dir={raw_dir}/covid", f"--output_dir={output_dir}", "--overwrite",
-                               "--image_size=16"])
+                               "--image_size=32"])
     shards = {os.path.basename(path) for path in glob.glob(f"{output_dir}/*.tfrecord.gz")}
     assert shards == {shard["file"] for shard in manifest["shards"]}, "no shard of the old run is left"
 

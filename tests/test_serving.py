@@ -164,12 +164,12 @@ def test_csv_listing_resolves_relative_uris_and_rejects_missing_files(studies, e
 def test_predictions_equal_the_served_training_records(studies, glob_run, training_records, export_dir):
     """Train/serve skew: a DICOM through batch prediction = its training record through serving_default."""
     rows = read_prediction_rows(glob_run)
-    serving_default = tf.saved_model.load(export_dir).signatures[export.SERVING_EXAMPLES]
+    serving_default = tf.saved_model.load(export_dir).signatures[contract.SERVING_EXAMPLES_SIGNATURE]
 
     for name in GOOD_DICOMS:
         image_id = splitting.pseudonymous_image_id(preprocess.DEFAULT_PATIENT_KEY, sources.CSV, f"images/{name}")
         record = training_records[image_id]
-        served = serving_default(**{export.EXAMPLES_INPUT: tf.constant([record])})["probabilities"].numpy()[0]
+        served = serving_default(**{contract.EXAMPLES_INPUT: tf.constant([record])})["probabilities"].numpy()[0]
 
         np.testing.assert_allclose(probabilities(rows[os.path.join(studies, "images", name)]), served,
                                    rtol=0, atol=1e-5, err_msg=name)

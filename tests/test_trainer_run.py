@@ -18,7 +18,6 @@ from PIL import Image
 
 from beam_pipelines import contract
 from beam_pipelines.synthesize import records as synthetic_records
-from serving import export
 from trainer import distribution, features, input_pipeline, model, train
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,12 +85,12 @@ def test_exported_signatures_round_trip_examples_and_pngs(two_replica_run, data_
     unlabeled.features.feature[contract.IMAGE_ENCODED].bytes_list.value.append(pngs[0])
 
     served = tf.saved_model.load(os.path.join(job_dir, "export"))
-    by_example = served.signatures[export.SERVING_EXAMPLES]
-    by_png = served.signatures[export.SERVING_PNG]
+    by_example = served.signatures[contract.SERVING_EXAMPLES_SIGNATURE]
+    by_png = served.signatures[contract.SERVING_PNG_SIGNATURE]
 
-    assert set(by_example.structured_input_signature[1]) == {export.EXAMPLES_INPUT}
-    assert by_example.structured_input_signature[1][export.EXAMPLES_INPUT].shape.as_list() == [None]
-    assert set(by_png.structured_input_signature[1]) == {export.PNG_INPUT}
+    assert set(by_example.structured_input_signature[1]) == {contract.EXAMPLES_INPUT}
+    assert by_example.structured_input_signature[1][contract.EXAMPLES_INPUT].shape.as_list() == [None]
+    assert set(by_png.structured_input_signature[1]) == {contract.PNG_INPUT}
     from_examples = by_example(examples=tf.constant(serialized))
     from_pngs = by_png(image_png=tf.constant(pngs))
     assert from_examples["probabilities"].dtype == tf.float32

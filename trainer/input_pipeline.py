@@ -17,7 +17,6 @@ from google.protobuf import message as protobuf_message
 from beam_pipelines import contract
 from trainer import features
 
-COMPRESSION = "GZIP"
 SHUFFLE_BUFFER_RECORDS = 4096  # Serialized records (~10 KB each at 128²); spans many augmented copies.
 MAX_PARALLEL_READS = 16
 COUNT_BATCH = 1024
@@ -181,7 +180,7 @@ def _original_records(split: SplitData) -> tf.data.Dataset:
 
 def _interleave_records(files: tf.data.Dataset, num_files: int, deterministic: bool) -> tf.data.Dataset:
     return files.interleave(
-        lambda path: tf.data.TFRecordDataset(path, compression_type=COMPRESSION),
+        lambda path: tf.data.TFRecordDataset(path, compression_type=contract.TFRECORD_COMPRESSION),
         cycle_length=min(num_files, MAX_PARALLEL_READS),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
@@ -206,11 +205,11 @@ def _options(num_shards: int, num_workers: int, deterministic: bool) -> tf.data.
 
 
 def _check_first_record(split: str, shards: list[str], image_size: int) -> None:
-    records = tf.data.TFRecordDataset(shards, compression_type=COMPRESSION).take(1)
+    records = tf.data.TFRecordDataset(shards, compression_type=contract.TFRECORD_COMPRESSION).take(1)
     try:
         first = [record.numpy() for record in records]
     except tf.errors.DataLossError as error:
-        raise DataError(f"split {split!r}: cannot read {shards[0]} as {COMPRESSION}-compressed "
+        raise DataError(f"split {split!r}: cannot read {shards[0]} as {contract.TFRECORD_COMPRESSION}-compressed "
                         f"TFRecords ({error.message})") from error
     if first:
         try:
@@ -241,6 +240,6 @@ def _count_classes(split: str, shards: list[str], originals_only: bool) -> np.nd
         raise DataError(f"split {split!r}: a record does not match beam_pipelines/contract.py "
                         f"({error.message.splitlines()[0]})") from error
     except tf.errors.DataLossError as error:
-        raise DataError(f"split {split!r}: a shard is not a readable {COMPRESSION}-compressed "
+        raise DataError(f"split {split!r}: a shard is not a readable {contract.TFRECORD_COMPRESSION}-compressed "
                         f"TFRecord file ({error.message.splitlines()[0]})") from error
     return counts

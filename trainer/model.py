@@ -32,7 +32,6 @@ HEAD_DROPOUT_RATES = (0.5, 0.3, 0.2)
 # uses catch up with a randomly initialised network's; short runs would then evaluate
 # on statistics far from the ones they trained with.
 FROM_SCRATCH_BN_MOMENTUM = 0.9
-MIN_IMAGE_SIZE = 32  # The smallest input keras.applications.ResNet50 accepts.
 
 
 def resolve_weights(weights: str) -> str | None:
@@ -58,8 +57,8 @@ def build_model(image_size: int, weights: str | None) -> keras.Model:
 
     Call inside `strategy.scope()`. `weights` comes from `resolve_weights`.
     """
-    if image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size {image_size} is below ResNet50's minimum of {MIN_IMAGE_SIZE}")
+    if problem := contract.image_size_problem(image_size):
+        raise ValueError(problem)
     inputs = keras.Input(shape=(image_size, image_size, features.CHANNELS), name=INPUT_NAME)
     base = keras.applications.ResNet50(include_top=False, weights=weights, input_tensor=inputs)
     if weights is None:

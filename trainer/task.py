@@ -11,8 +11,8 @@ import os
 import tensorflow as tf
 from absl import app, flags, logging
 
+from beam_pipelines import contract
 from trainer import distribution, input_pipeline, train
-from trainer import model as model_lib
 
 CLOUD_ENVIRONMENT = ("CLOUD_ML_JOB_ID", "AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR", "AIP_TENSORBOARD_LOG_DIR")
 
@@ -20,8 +20,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Output dir of python -m beam_pipelines.preprocess (local or gs://).")
 flags.DEFINE_string("job_dir", os.environ.get("AIP_MODEL_DIR"),
                     "Output dir for the export, model.keras, eval/ and history.json (default: $AIP_MODEL_DIR).")
-flags.DEFINE_integer("image_size", 128, "Image side in pixels; must match the records.",
-                     lower_bound=model_lib.MIN_IMAGE_SIZE)
+flags.DEFINE_integer("image_size", contract.DEFAULT_IMAGE_SIZE, "Image side in pixels; must match the records.",
+                     lower_bound=contract.MIN_IMAGE_SIZE, upper_bound=contract.MAX_IMAGE_SIZE)
 flags.DEFINE_integer("batch_size", 32, "Batch size per replica; the global batch is this × replicas.",
                      lower_bound=1)
 flags.DEFINE_integer("stage1_epochs", 2, "Epochs training the head with ResNet50 frozen.", lower_bound=0)

@@ -35,7 +35,7 @@ class TrainConfig:
     job_dir: str
     checkpoint_dir: str
     tensorboard_dir: str
-    image_size: int = 128
+    image_size: int = contract.DEFAULT_IMAGE_SIZE
     batch_size: int = 32  # Per replica.
     stage1_epochs: int = 2
     stage2_epochs: int = 10

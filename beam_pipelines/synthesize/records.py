@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 import tensorflow as tf
 
-from beam_pipelines import augmentation, contract, example_codec, imaging
+from beam_pipelines import contract, example_codec, imaging
 from beam_pipelines.synthesize import phantom
 
 SOURCE = "synthetic"
@@ -32,20 +32,16 @@ def write_split(output_dir: str, split: str, per_class: int, image_size: int, nu
         for index in range(per_class):
             image_id = f"{split}-{label}-{index}"
             image_seed = int.from_bytes(hashlib.sha256(f"{seed}/{image_id}".encode()).digest()[:8], "big")
-            pixels = render_pixels(label, image_size, image_seed)
-            for copy_index in range(1 + augmented_copies):
-                copy = pixels if copy_index == 0 else augmentation.augment(pixels, seed, image_id, copy_index)
-                fields = example_codec.ExampleFields(
-                    label=label, image_id=image_id, source=SOURCE, view=VIEW,
-                    patient_id=hashlib.sha256(image_id.encode()).hexdigest()[:16], augmentation=copy_index)
-                examples.append(example_codec.encode_example(
-                    imaging.encode_png(copy), image_size, image_size, fields).SerializeToString())
+            fields = example_codec.ExampleFields(label=label, image_id=image_id, source=SOURCE, view=VIEW,
+                                                 patient_id=hashlib.sha256(image_id.encode()).hexdigest()[:16])
+            examples.extend(serialized for _, serialized in example_codec.serialize_with_copies(
+                render_pixels(label, image_size, image_seed), fields, 1 + augmented_copies, seed))
     order = np.random.default_rng(seed).permutation(len(examples))
     tf.io.gfile.makedirs(output_dir)
     paths = []
     for shard in range(num_shards):
         path = f"{output_dir.rstrip('/')}/{contract.shard_name(split, shard, num_shards)}"
-        with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        with tf.io.TFRecordWriter(path, options=contract.TFRECORD_COMPRESSION) as writer:
             for position in order[shard::num_shards]:
                 writer.write(examples[position])
         paths.append(path)
