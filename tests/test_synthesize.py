@@ -3,12 +3,15 @@ and a class signal that lives in the lungs and not in global brightness."""
 
 import csv
 import io
+import os
 import pathlib
 import uuid
 
+import apache_beam as beam
 import numpy as np
 import pydicom
 import pytest
+from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 from pydicom import uid
 
@@ -372,3 +375,39 @@ def test_phantom_is_deterministic_and_validates_its_arguments():
         phantom.render_chest(1, "tuberculosis", IMAGE_SIZE)
     with pytest.raises(ValueError, match="num_opacities"):
         phantom.render_radiograph(1, "pneumonia", IMAGE_SIZE, num_opacities=5)
+
+
+# --- the job's transforms, each alone ------------------------------------------------------
+
+
+def test_write_source_files_writes_a_patient_and_emits_its_csv_rows(beam_pipeline, tmp_path):
+    config = synthesize.SynthesisConfig(str(tmp_path), IMAGE_SIZE, SEED)
+    work = synthesize.PatientWork(synthesize.RSNA_DIR, 0, 1)
+    expected = synthesize.synthesize_patient(config, work)
+    with beam_pipeline as pipeline:
+        rows = pipeline | beam.Create([work]) | beam.ParDo(synthesize.WriteSourceFilesFn(config))
+        assert_that(rows, equal_to(expected.csv_rows))
+    assert {source_file.relative_path: source_file.data for source_file in expected.files} == {
+        path: data for path, data in _all_files(tmp_path).items()}
+
+
+def test_write_csv_files_orders_rows_by_their_sort_key(beam_pipeline, tmp_path):
+    rows = [("a.csv", (2, ("x2", "y2"))), ("a.csv", (1, ("x1", "y1"))), ("b.csv", (0, ("z",)))]
+    with beam_pipeline as pipeline:
+        paths = (pipeline
+                 | beam.Create(rows)
+                 | synthesize.WriteCsvFiles(str(tmp_path), {"a.csv": ("x", "y"), "b.csv": ("z",)}))
+        assert_that(paths, equal_to([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]))
+    assert (tmp_path / "a.csv").read_text() == "x,y\nx1,y1\nx2,y2\n"
+    assert (tmp_path / "b.csv").read_text() == "z\nz\n"
+
+
+def test_synthesize_sources_writes_both_layouts(beam_pipeline, tmp_path):
+    config = synthesize.SynthesisConfig(str(tmp_path), IMAGE_SIZE, SEED)
+    with beam_pipeline as pipeline:
+        paths = pipeline | synthesize.SynthesizeSources(config, synthesize.plan_patients(2, 3, SEED))
+        assert_that(paths | beam.Map(lambda path: os.path.relpath(path, tmp_path)), equal_to([
+            f"{synthesize.RSNA_DIR}/{synthesize.RSNA_LABELS_CSV}",
+            f"{synthesize.RSNA_DIR}/{synthesize.RSNA_CLASS_INFO_CSV}",
+            f"{synthesize.COVID_DIR}/{synthesize.COVID_METADATA_CSV}"]))
+    assert len(list((tmp_path / synthesize.RSNA_DIR / "stage_2_train_images").glob("*.dcm"))) == 2

@@ -1,0 +1,199 @@
+"""Each DoFn and composite transform of the preprocess and prediction jobs, run alone.
+
+As in apache_beam/examples/complete/estimate_pi_test.py: one transform in a TestPipeline,
+its output checked with `assert_that`. The whole jobs are tested in test_preprocess.py
+and test_serving.py; these tests name the stage that broke.
+"""
+
+import glob
+import json
+import os
+
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+from apache_beam.testing.util import assert_that, equal_to
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+from beam_pipelines import contract, imaging, manifest, preprocess, sources, tfrecord_shards
+from beam_pipelines.records import PreparedImage, Rejection, SourceImage
+from beam_pipelines.synthesize import phantom
+from serving import batch_predict
+
+IMAGE_SIZE = 32
+FRACTIONS = {"train": 1.0, "val": 0.0, "test": 0.0}
+KEY = "transform-test-key"
+
+
+def chest_png(tmp_path, name: str, label: str = "normal") -> str:
+    path = str(tmp_path / name)
+    with open(path, "wb") as handle:
+        handle.write(imaging.encode_png(imaging.scale_to_uint8(phantom.render_chest(3, label, 64))))
+    return path
+
+
+def source_image(uri: str, label: str = "normal", patient: str = "p1", key: str | None = None) -> SourceImage:
+    return SourceImage(source=sources.CSV, image_uri=uri, image_key=key or os.path.basename(uri),
+                       patient_id=patient, label=label)
+
+
+def prepared(split: str, label: str, image_id: str = "csv-abc") -> PreparedImage:
+    return PreparedImage(image_id=image_id, patient_key="f" * 64, split=split, label=label, source=sources.CSV,
+                         view="PA", pixels=np.full((IMAGE_SIZE, IMAGE_SIZE), 100, dtype=np.uint8))
+
+
+def test_read_and_prepare_decodes_good_files_and_rejects_the_rest(beam_pipeline, tmp_path):
+    good = chest_png(tmp_path, "good.png")
+    not_an_image = str(tmp_path / "notes.png")
+    with open(not_an_image, "w") as handle:
+        handle.write("not pixels")
+    listed = [source_image(good), source_image(str(tmp_path / "absent.png"), patient="p2"),
+              source_image(not_an_image, patient="p3")]
+    with beam_pipeline as pipeline:
+        results = (pipeline
+                   | beam.Create(listed)
+                   | beam.ParDo(preprocess.ReadAndPrepareFn(IMAGE_SIZE, KEY, FRACTIONS)).with_outputs(
+                       preprocess.REJECTED, main="prepared"))
+        assert_that(results.prepared | beam.Map(lambda image: (image.split, image.label, image.pixels.shape)),
+                    equal_to([("train", "normal", (IMAGE_SIZE, IMAGE_SIZE))]), label="Prepared")
+        assert_that(results[preprocess.REJECTED] | beam.Map(lambda rejection: (rejection.stage, rejection.kind)),
+                    equal_to([("read", "missing_file"), ("decode", "not_an_image")]), label="Rejected")
+
+
+def test_expand_examples_adds_copies_in_train_only(beam_pipeline):
+    multipliers = {"normal": 3, "pneumonia": 2, "covid19": 5}
+    images = [prepared("train", "normal", "csv-1"), prepared("val", "covid19", "csv-2"),
+              prepared("test", "pneumonia", "csv-3")]
+    with beam_pipeline as pipeline:
+        examples = (pipeline
+                    | "Images" >> beam.Create(images)
+                    | beam.ParDo(preprocess.ExpandExamplesFn(seed=1),
+                                 multipliers=beam.pvalue.AsSingleton(
+                                     pipeline | "Multipliers" >> beam.Create([multipliers]))))
+        assert_that(examples | beam.Map(lambda example: (example.split, example.key, example.augmentation)),
+                    equal_to([("train", "csv-1", 0), ("train", "csv-1", 1), ("train", "csv-1", 2),
+                              ("val", "csv-2", 0), ("test", "csv-3", 0)]))
+
+
+def encoded(split: str, index: int, size: int) -> tfrecord_shards.EncodedExample:
+    return tfrecord_shards.EncodedExample(split, "normal", f"csv-{split}-{index}", 0, bytes([index % 256]) * size)
+
+
+def test_sharded_writer_sizes_and_names_the_shards(beam_pipeline, tmp_path):
+    examples = [encoded("train", index, 1000) for index in range(10)] + [encoded("val", 0, 1000)]
+    with beam_pipeline as pipeline:
+        shards = (pipeline
+                  | beam.Create(examples)
+                  | tfrecord_shards.WriteShardedTFRecords(str(tmp_path), target_shard_bytes=4000))
+        assert_that(shards | beam.Map(lambda shard: shard["file"]), equal_to(
+            [contract.shard_name("train", index, 3) for index in range(3)] + [contract.shard_name("val", 0, 1)]))
+    written = sorted(os.path.basename(path) for path in glob.glob(str(tmp_path / "*")))
+    assert written == sorted([contract.shard_name("train", index, 3) for index in range(3)]
+                             + [contract.shard_name("val", 0, 1)]), "no temporary file is left behind"
+    records = [record for path in glob.glob(str(tmp_path / contract.shard_pattern("train")))
+               for record in tf.data.TFRecordDataset(path, compression_type=contract.TFRECORD_COMPRESSION)
+               .as_numpy_iterator()]
+    assert sorted(records) == sorted(example.serialized for example in examples if example.split == "train")
+
+
+def test_manifest_writer_writes_the_counts_it_is_given(beam_pipeline, tmp_path):
+    counts = {("train", "normal"): 2, ("val", "normal"): 1, ("test", "covid19"): 1}
+    with beam_pipeline as pipeline:
+        side = {name: beam.pvalue.AsList(pipeline | f"Side{name}" >> beam.Create(values)) for name, values in {
+            "patients": list(counts.items()), "originals": list(counts.items()),
+            "examples": [(("train", "normal"), 4), (("val", "normal"), 1), (("test", "covid19"), 1)],
+            "rejected": [("read/missing_file", 1)],
+            "shards": [{"split": "train", "file": contract.shard_name("train", 0, 1), "records": 4, "bytes": 9}],
+            "rejected_files": ["rejected-00000-of-00001.jsonl"]}.items()}
+        written = (pipeline
+                   | "Seed" >> beam.Create([None])
+                   | beam.ParDo(manifest.WriteManifestFn(str(tmp_path), {"image_size": IMAGE_SIZE}),
+                                multipliers=beam.pvalue.AsSingleton(
+                                    pipeline | "Multipliers" >> beam.Create([{"normal": 2, "pneumonia": 2,
+                                                                             "covid19": 30}])),
+                                inputs_listed=beam.pvalue.AsSingleton(pipeline | "Listed" >> beam.Create([5])),
+                                **side))
+        assert_that(written | beam.Map(lambda written_manifest: written_manifest["inputs"]),
+                    equal_to([{"listed": 5, "used": 4, "rejected": 1}]))
+    with open(tmp_path / contract.MANIFEST_FILE) as handle:
+        on_disk = json.load(handle)
+    assert on_disk["examples"]["train"] == {"normal": 4, "pneumonia": 0, "covid19": 0}
+    assert on_disk["rejected"] == {"read/missing_file": 1}
+    assert any("pneumonia" in warning and "val" in warning for warning in on_disk["warnings"])
+
+
+def test_list_sources_flattens_every_configured_source(beam_pipeline, tmp_path):
+    listing = tmp_path / "labels.csv"
+    listing.write_text("image_uri,label,patient_id\na.png,normal,p1\nb.png,covid19,p2\nc.png,flu,p3\n")
+    with beam_pipeline as pipeline:
+        listed = pipeline | preprocess.ListSources(None, None, str(listing), "exclude")
+        assert_that(listed["images"] | beam.Map(lambda image: image.label), equal_to(["normal", "covid19"]),
+                    label="Images")
+        assert_that(listed[preprocess.REJECTED] | beam.Map(lambda rejection: rejection.stage), equal_to(["label"]),
+                    label="Rejected")
+
+
+def prediction_log(probabilities: list[float]) -> prediction_log_pb2.PredictionLog:
+    response = predict_pb2.PredictResponse()
+    response.outputs[contract.PROBABILITIES_OUTPUT].CopyFrom(
+        tf.make_tensor_proto(np.array([probabilities], dtype=np.float32)))
+    response.outputs[contract.CLASS_ID_OUTPUT].CopyFrom(
+        tf.make_tensor_proto(np.array([int(np.argmax(probabilities))], dtype=np.int64)))
+    return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(response=response))
+
+
+def test_prediction_formatter_writes_one_csv_row_per_prediction(beam_pipeline):
+    keyed_logs = [("gs://b/a.dcm", prediction_log([0.1, 0.2, 0.7])),
+                  ("gs://b/with,comma.png", prediction_log([0.6, 0.3, 0.1]))]
+    with beam_pipeline as pipeline:
+        rows = pipeline | beam.Create(keyed_logs) | beam.ParDo(batch_predict.FormatPredictionFn())
+        assert_that(rows, equal_to([
+            "gs://b/a.dcm,covid19,0.1,0.2,0.7",  # float32 values, written at the float32 shortest round trip
+            '"gs://b/with,comma.png",normal,0.6,0.3,0.1']))
+
+
+def test_prediction_inputs_are_listed_from_a_glob_or_a_csv(beam_pipeline, tmp_path):
+    for name in ("x.png", "y.png"):
+        chest_png(tmp_path, name)
+    listing = tmp_path / "inputs.csv"
+    listing.write_text("image_uri,note\nx.png,first\n,no uri\n")
+    with beam_pipeline as pipeline:
+        listed = (pipeline
+                  | beam.Create([str(tmp_path / "*.png"), str(listing)])
+                  | beam.ParDo(batch_predict.ListInputsFn()).with_outputs(batch_predict.REJECTED, main="uris"))
+        assert_that(listed.uris, equal_to([str(tmp_path / "x.png"), str(tmp_path / "y.png"),
+                                           str(tmp_path / "x.png")]), label="Uris")
+        assert_that(listed[batch_predict.REJECTED] | beam.Map(lambda rejection: rejection.kind),
+                    equal_to(["empty_uri"]), label="Rejected")
+
+
+def test_prediction_reader_encodes_what_training_decodes_and_rejects_the_rest(beam_pipeline, tmp_path):
+    good = chest_png(tmp_path, "good.png")
+    with beam_pipeline as pipeline:
+        results = (pipeline
+                   | beam.Create([good, str(tmp_path / "absent.png")])
+                   | beam.ParDo(batch_predict.ReadAndEncodeFn(IMAGE_SIZE, batch_predict.GLOB_SOURCE)).with_outputs(
+                       batch_predict.REJECTED, main="examples"))
+        expected_png = imaging.encode_png(imaging.preprocess_image(open(good, "rb").read(), IMAGE_SIZE).pixels)
+        assert_that(results.examples, equal_to([(good, batch_predict.serving_example(expected_png))]),
+                    label="Examples")
+        assert_that(results[batch_predict.REJECTED] | beam.Map(lambda rejection: (rejection.stage, rejection.kind)),
+                    equal_to([("read", "missing_file")]), label="Rejected")
+
+
+def test_rejections_serialise_to_one_json_object():
+    rejection = Rejection("csv-1", sources.CSV, "decode", "not_an_image", "not a readable image")
+    assert json.loads(rejection.to_json()) == {"uri": "csv-1", "source": sources.CSV, "stage": "decode",
+                                               "kind": "not_an_image", "reason": "not a readable image"}
+    assert rejection.counter_key == "decode/not_an_image"
+
+
+def test_shard_writer_writes_one_shard_in_record_order(beam_pipeline, tmp_path):
+    grouped = [(("test", 1, 2), [("b-order", b"second"), ("a-order", b"first")])]
+    with beam_pipeline as pipeline:
+        written = pipeline | beam.Create(grouped) | beam.ParDo(tfrecord_shards.WriteShardFn(str(tmp_path)))
+        assert_that(written, equal_to([{"split": "test", "file": contract.shard_name("test", 1, 2),
+                                         "records": 2, "bytes": len(b"second") + len(b"first")}]))
+    path = str(tmp_path / contract.shard_name("test", 1, 2))
+    assert list(tf.data.TFRecordDataset(path, compression_type=contract.TFRECORD_COMPRESSION)
+                .as_numpy_iterator()) == [b"first", b"second"]
