@@ -28,4 +28,5 @@ def test_shard_names_match_their_split_pattern():
         name = contract.shard_name(split, 3, 10)
         assert name == f"{split}-00003-of-00010{contract.TFRECORD_SUFFIX}"
         assert fnmatch.fnmatch(name, contract.shard_pattern(split))
-        assert not any(fnmatch.fnmatch(name, contract.shard_pattern(other)) for other in contract.SPLITS if other != split)
+        others = [other for other in contract.SPLITS if other != split]
+        assert not any(fnmatch.fnmatch(name, contract.shard_pattern(other)) for other in others)
