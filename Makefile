@@ -40,7 +40,7 @@ demo: install
 		--image_size 128
 	cat $(DEMO_DIR)/predictions/predictions-00000-of-00001.csv
 	@echo "==> 5/5 one study with a Grad-CAM heat map"
-	0VENV)/bin/cxr-predict $(DEMO_DIR)/$$(sed -n 2p $(DEMO_DIR)/predict_inputs.csv) \
+	$(VENV)/bin/cxr-predict $(DEMO_DIR)/$$(sed -n 2p $(DEMO_DIR)/predict_inputs.csv) \
 		--model_dir $(DEMO_DIR)/model --image_size 128 --gradcam $(DEMO_DIR)/gradcam.png
 	@echo "demo outputs are under $(DEMO_DIR)/ (evaluation: $(DEMO_DIR)/model/eval/, heat map: $(DEMO_DIR)/gradcam.png)"
 
