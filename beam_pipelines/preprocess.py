@@ -1,7 +1,7 @@
 """Raw chest X-ray sources → split, class-balanced, sharded TFRecords.
 
     python -m beam_pipelines.preprocess --rsna_dir RSNA --covid_dir COVID \
-        --output_dir OUT [--runner DataflowRunner --project P --region R ...]
+        --patient_key_file KEY_FILE --output_dir OUT [--runner DataflowRunner --project P --region R ...]
 
 Steps: list labelled images from each source → Reshuffle → read and decode each
 file, keep frontal radiographs (rejects go to the dead-letter output) → keep one
@@ -53,8 +53,7 @@ class ReadAndPrepareFn(beam.DoFn):
     """
 
     def __init__(self, image_size: int, patient_key: splitting.PatientKey, fractions: dict[str, float],
-                 max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
-                 allowed_views: frozenset[str] = sources.parse_allowed_views(sources.DEFAULT_ALLOWED_VIEWS)):
+                 max_pixels: int, allowed_views: frozenset[str]):
         self._image_size = image_size
         self._patient_key = patient_key
         self._fractions = fractions
@@ -250,18 +249,18 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
     listed = pipeline | "ListSources" >> ListSources(args.rsna_dir, args.covid_dir, args.csv, args.rsna_not_normal,
                                                      patient_key, allowed_views)
 
-    read = (listed["images"]
-            | "FanOut" >> beam.Reshuffle()
-            | "ReadAndPrepare" >> beam.ParDo(ReadAndPrepareFn(
-                args.image_size, patient_key, fractions, imaging.max_pixels_for(args.max_megapixels),
-                allowed_views)).with_outputs(REJECTED, main="prepared"))
-    prepared = read.prepared | "DropDuplicateImages" >> DropDuplicateImages()
+    prepared = (listed["images"]
+                | "FanOut" >> beam.Reshuffle()
+                | "ReadAndPrepare" >> beam.ParDo(ReadAndPrepareFn(
+                    args.image_size, patient_key, fractions, imaging.max_pixels_for(args.max_megapixels),
+                    allowed_views)).with_outputs(REJECTED, main="prepared"))
+    deduplicated = prepared.prepared | "DropDuplicateImages" >> DropDuplicateImages()
 
     if configured_multipliers:
         multipliers = pipeline | "Multipliers" >> beam.Create([configured_multipliers])
     else:
         train_originals = _count_per_key(
-            prepared.unique | "TrainOnly" >> beam.Filter(lambda image: image.split == "train"),
+            deduplicated.unique | "TrainOnly" >> beam.Filter(lambda image: image.split == "train"),
             "TrainOriginals", lambda image: image.label)
         multipliers = (pipeline
                        | "MultiplierSeed" >> beam.Create([None])
@@ -269,12 +268,12 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
                            lambda _, counts: augmentation.balanced_multipliers(counts),
                            counts=beam.pvalue.AsDict(train_originals)))
 
-    examples = prepared.unique | "ExpandAndEncode" >> beam.ParDo(
+    examples = deduplicated.unique | "ExpandAndEncode" >> beam.ParDo(
         ExpandExamplesFn(args.seed), multipliers=beam.pvalue.AsSingleton(multipliers))
     shards = examples | "WriteShards" >> WriteShardedTFRecords(
         args.output_dir, int(args.target_shard_mb * 1024 * 1024))
 
-    rejected = ((listed[REJECTED], read[REJECTED], prepared[REJECTED]) | "AllRejected" >> beam.Flatten())
+    rejected = ((listed[REJECTED], prepared[REJECTED], deduplicated[REJECTED]) | "AllRejected" >> beam.Flatten())
     rejected_files = (rejected
                       | "RejectedJson" >> beam.Map(Rejection.to_json)
                       | "WriteRejected" >> beam.io.WriteToText(
@@ -293,17 +292,17 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
              multipliers=side.AsSingleton(multipliers),
              inputs_listed=side.AsSingleton(inputs_listed),
              patients=side.AsList(
-                 prepared.unique
+                 deduplicated.unique
                  | "PatientKeys" >> beam.Map(lambda image: (image.split, image.label, image.patient_key))
                  | "DistinctPatients" >> beam.Distinct()
                  | "PatientSplitClass" >> beam.Map(lambda key: (key[0], key[1]))
                  | "CountPatients" >> beam.combiners.Count.PerElement()),
-             originals=side.AsList(_count_per_key(prepared.unique, "Originals",
+             originals=side.AsList(_count_per_key(deduplicated.unique, "Originals",
                                                   lambda image: (image.split, image.label))),
              examples=side.AsList(_count_per_key(examples, "Examples",
                                                  lambda example: (example.split, example.label))),
              rejected=side.AsList(_count_per_key(rejected, "Rejected", lambda item: item.counter_key)),
-             notes=side.AsList(prepared.unique
+             notes=side.AsList(deduplicated.unique
                                | "Notes" >> beam.FlatMap(lambda image: image.notes)
                                | "CountNotes" >> beam.combiners.Count.PerElement()),
              shards=side.AsList(shards),

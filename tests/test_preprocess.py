@@ -16,7 +16,7 @@ import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 from pydicom.data import get_testdata_file
 
-from beam_pipelines import contract, preprocess, sources, splitting
+from beam_pipelines import contract, imaging, preprocess, sources, splitting
 from beam_pipelines.options import build_pipeline_options
 from beam_pipelines.records import PreparedImage, SourceImage
 from beam_pipelines.synthesize import dicom_writer, phantom
@@ -345,7 +345,8 @@ def test_an_io_error_other_than_not_found_fails_the_bundle_naming_the_row_not_th
     with pytest.raises(Exception) as raised:
         with beam_pipeline as pipeline:
             _ = (pipeline | beam.Create([listed(str(folder), 7)])
-                 | beam.ParDo(preprocess.ReadAndPrepareFn(IMAGE_SIZE, splitting.PatientKey(PATIENT_KEY), FRACTIONS)))
+                 | beam.ParDo(preprocess.ReadAndPrepareFn(IMAGE_SIZE, splitting.PatientKey(PATIENT_KEY), FRACTIONS,
+                                                          imaging.DEFAULT_MAX_PIXELS, FRONTAL)))
     message = str(raised.value)
     assert "IsADirectoryError" in message and f"the image listed at line 7 of --csv ({image_id})" in message
     assert "Jane-Doe" not in message
