@@ -23,9 +23,11 @@ demo: install
 	@echo "==> 1/5 synthesising 600 RSNA DICOMs and 240 covid images at 1024² (about a minute)"
 	$(PYTHON) -m beam_pipelines.synthesize --output_dir $(DEMO_DIR)/raw \
 		--num_rsna 600 --num_covid 240 --image_size 1024 --seed 7 $(LOCAL_BEAM)
-	@echo "==> 2/5 preprocess job: decode, split by patient, augment, write TFRecords"
+	@echo "==> 2/5 preprocess job: decode, split by patient, augment, write TFRecords (under a fresh patient key)"
+	$(PYTHON) -c "import secrets; print(secrets.token_hex(32))" > $(DEMO_DIR)/patient_key
 	$(PYTHON) -m beam_pipelines.preprocess --rsna_dir $(DEMO_DIR)/raw/rsna --covid_dir $(DEMO_DIR)/raw/covid \
-		--output_dir $(DEMO_DIR)/tfrecords --image_size 128 --augment auto $(LOCAL_BEAM)
+		--output_dir $(DEMO_DIR)/tfrecords --image_size 128 --augment auto \
+		--patient_key_file $(DEMO_DIR)/patient_key $(LOCAL_BEAM)
 	@echo "==> 3/5 training ResNet50 from random weights on the CPU (a few minutes)"
 	$(PYTHON) -m trainer.task --data_dir $(DEMO_DIR)/tfrecords --job_dir $(DEMO_DIR)/model \
 		--image_size 128 --batch_size 16 --stage1_epochs 3 --stage2_epochs 3 --steps_per_epoch 30 \
@@ -38,7 +40,7 @@ demo: install
 		--image_size 128
 	cat $(DEMO_DIR)/predictions/predictions-00000-of-00001.csv
 	@echo "==> 5/5 one study with a Grad-CAM heat map"
-	0VENV)/bin/cxr-predict $(DEMO_DIR)/$$(sed -n 2p $(DEMO_DIR)/predict_inputs.csv) \
+	$(VENV)/bin/cxr-predict $(DEMO_DIR)/$$(sed -n 2p $(DEMO_DIR)/predict_inputs.csv) \
 		--model_dir $(DEMO_DIR)/model --image_size 128 --gradcam $(DEMO_DIR)/gradcam.png
 	@echo "demo outputs are under $(DEMO_DIR)/ (evaluation: $(DEMO_DIR)/model/eval/, heat map: $(DEMO_DIR)/gradcam.png)"
 

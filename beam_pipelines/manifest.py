@@ -54,7 +54,8 @@ def coverage_warnings(patients: dict[str, dict[str, int]]) -> list[str]:
 
 def build_manifest(*, options: dict, multipliers: dict[str, int], inputs_listed: int,
                    patients: dict, originals: dict, examples: dict, rejected: dict[str, int],
-                   shards: list[dict]) -> dict:
+                   shards: list[dict], notes: dict[str, int]) -> dict:
+    """The manifest; `notes` counts used images by what was tolerated in them (e.g. an invalid VOI window)."""
     patient_table = split_class_table(patients)
     originals_table = split_class_table(originals)
     used = sum(originals.values())
@@ -72,6 +73,7 @@ def build_manifest(*, options: dict, multipliers: dict[str, int], inputs_listed:
         "originals": originals_table,
         "examples": split_class_table(examples),
         "rejected": dict(sorted(rejected.items())),
+        "notes": dict(sorted(notes.items())),
         "shards": sorted(shards, key=lambda shard: shard["file"]),
         "packages": package_versions(),
         "warnings": coverage_warnings(patient_table),
@@ -86,12 +88,12 @@ class WriteManifestFn(beam.DoFn):
         self._options = options
 
     def process(self, _, multipliers, inputs_listed, patients, originals, examples, rejected,
-                shards, rejected_files) -> Iterator[dict]:
+                shards, rejected_files, notes) -> Iterator[dict]:
         del rejected_files  # a side input only so that the manifest is written after them
         manifest = build_manifest(
             options=self._options, multipliers=multipliers, inputs_listed=inputs_listed,
             patients=dict(patients), originals=dict(originals), examples=dict(examples),
-            rejected=dict(rejected), shards=list(shards))
+            rejected=dict(rejected), shards=list(shards), notes=dict(notes))
         for warning in manifest["warnings"]:
             logging.warning("DATASET WARNING: %s", warning)
         with FileSystems.create(FileSystems.join(self._output_dir, contract.MANIFEST_FILE)) as out:
@@ -116,6 +118,7 @@ def format_summary(manifest: dict) -> str:
     inputs = manifest["inputs"]
     lines.append(f"inputs listed {inputs['listed']}: used {inputs['used']}, rejected {inputs['rejected']}")
     lines.extend(f"  rejected {key}: {count}" for key, count in manifest["rejected"].items())
+    lines.extend(f"  noted {key}: {count}" for key, count in manifest["notes"].items())
     lines.append(f"multipliers: {manifest['augmentation_multipliers']}")
     lines.append(f"shards: {len(manifest['shards'])}")
     lines.extend(f"WARNING: {warning}" for warning in manifest["warnings"])

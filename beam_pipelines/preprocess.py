@@ -1,18 +1,21 @@
 """Raw chest X-ray sources → split, class-balanced, sharded TFRecords.
 
     python -m beam_pipelines.preprocess --rsna_dir RSNA --covid_dir COVID \
-        --output_dir OUT [--runner DataflowRunner --project P --region R ...]
+        --patient_key_file KEY_FILE --output_dir OUT [--runner DataflowRunner --project P --region R ...]
 
 Steps: list labelled images from each source → Reshuffle → read and decode each
-file (rejects go to the dead-letter output) → split by patient → expand the train
-split with augmented copies → encode tf.Examples → write sized shards, the rejected
-records and, last, `manifest.json`.
+file, keep frontal radiographs (rejects go to the dead-letter output) → keep one
+listing of each image (same bytes) → split by patient → expand the train split with
+augmented copies → encode tf.Examples → write sized shards, the rejected records
+and, last, `manifest.json`.
 """
 
 import argparse
+import hashlib
 import logging
 import sys
-from collections.abc import Iterator
+import typing
+from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -21,13 +24,14 @@ from beam_pipelines import (
     augmentation,
     contract,
     example_codec,
+    imaging,
     reading,
     sources,
     splitting,
 )
 from beam_pipelines.manifest import WriteManifestFn, format_summary, read_manifest
 from beam_pipelines.options import build_pipeline_options, configure_logging
-from beam_pipelines.records import PreparedImage, Rejection, SourceImage
+from beam_pipelines.records import PreparedImage, Rejection, SourceImage, listing_location
 from beam_pipelines.tfrecord_shards import (
     DEFAULT_TARGET_SHARD_MB,
     EncodedExample,
@@ -35,7 +39,6 @@ from beam_pipelines.tfrecord_shards import (
 )
 
 REJECTED = sources.REJECTED
-DEFAULT_PATIENT_KEY = "cxr-classifier-default-key"
 PROGRESS_EVERY = 500
 DEFAULT_SEED = 42
 OUTPUT_PATTERNS = (*(contract.shard_pattern(split) for split in contract.SPLITS), "rejected-*.jsonl",
@@ -43,40 +46,150 @@ OUTPUT_PATTERNS = (*(contract.shard_pattern(split) for split in contract.SPLITS)
 
 
 class ReadAndPrepareFn(beam.DoFn):
-    """Reads one listed image, decodes it once, and decides its split and ids."""
+    """Reads one listed image, decodes it once, checks its header, and decides its split and ids.
 
-    def __init__(self, image_size: int, patient_key: str, fractions: dict[str, float]):
+    A file that cannot be used is rejected; an I/O error other than not-found is raised
+    (so the runner retries) naming the image by its listing row and image id only.
+    """
+
+    def __init__(self, image_size: int, patient_key: splitting.PatientKey, fractions: dict[str, float],
+                 max_pixels: int, allowed_views: frozenset[str]):
         self._image_size = image_size
         self._patient_key = patient_key
         self._fractions = fractions
+        self._max_pixels = max_pixels
+        self._allowed_views = allowed_views
+        self._key = ""
         self._prepared = beam.metrics.Metrics.counter("decode", "images_prepared")
         self._rejected = beam.metrics.Metrics.counter("decode", "images_rejected")
         self._seen = 0
+
+    def setup(self):
+        self._key = self._patient_key.load()
 
     def process(self, image: SourceImage) -> Iterator:
         self._seen += 1
         if self._seen % PROGRESS_EVERY == 0:
             logging.info("worker has prepared %d images", self._seen)
+        image_id = splitting.pseudonymous_image_id(self._key, image.source, image.image_key)
         try:
-            decoded = reading.read_and_preprocess(image.image_uri, self._image_size)
+            data = reading.read_file(image.image_uri, imaging.max_file_bytes(self._max_pixels),
+                                     name=f"the image listed at {image.location} ({image_id})")
+            decoded = reading.preprocess_bytes(data, self._image_size, image.image_uri, self._max_pixels)
         except reading.UnusableInput as unusable:
-            yield self._reject(image, unusable.stage, unusable.kind, unusable.reason)
+            yield self._reject(image, image_id, unusable.stage, unusable.kind, unusable.reason)
             return
-        patient_key = splitting.pseudonymous_patient_id(self._patient_key, image.source, image.patient_id)
+        if problem := sources.header_problem(decoded.view, decoded.modality, self._allowed_views):
+            yield self._reject(image, image_id, "select", *problem)
+            return
+        for note in decoded.notes:
+            beam.metrics.Metrics.counter("notes", note).inc()
+        patient_key = splitting.pseudonymous_patient_id(self._key, image.source, image.patient_id)
         self._prepared.inc()
         yield PreparedImage(
-            image_id=splitting.pseudonymous_image_id(self._patient_key, image.source, image.image_key),
+            image_id=image_id,
             patient_key=patient_key,
             split=splitting.assign_split(patient_key, self._fractions),
             label=image.label,
             source=image.source,
             view=image.view or decoded.view,
-            pixels=decoded.pixels)
+            pixels=decoded.pixels,
+            content_hash=hashlib.sha256(data).hexdigest(),
+            patient_match_key=splitting.patient_match_key(self._key, image.patient_id),
+            listing=image.listing,
+            line=image.line,
+            notes=decoded.notes)
 
-    def _reject(self, image: SourceImage, stage: str, kind: str, reason: str):
+    def _reject(self, image: SourceImage, image_id: str, stage: str, kind: str, reason: str):
         self._rejected.inc()
         beam.metrics.Metrics.counter(stage, kind).inc()
-        return beam.pvalue.TaggedOutput(REJECTED, Rejection(image.image_uri, image.source, stage, kind, reason))
+        return beam.pvalue.TaggedOutput(REJECTED, Rejection(
+            source=image.source, stage=stage, kind=kind, reason=reason, image_id=image_id,
+            listing=image.listing, line=image.line))
+
+
+class Listing(typing.NamedTuple):
+    """What duplicate detection compares of one listing of an image; sorts by where it is listed."""
+
+    source: str
+    listing: str
+    line: int
+    label: str
+    patient_match_key: str
+
+    @property
+    def row(self) -> tuple[str, str, int]:
+        return (self.source, self.listing, self.line)
+
+
+def listing_of(image: PreparedImage) -> tuple[str, Listing]:
+    return image.content_hash, Listing(image.source, image.listing, image.line, image.label,
+                                       image.patient_match_key)
+
+
+def duplicate_verdicts(content_hash: str, listings: Iterable[Listing]) -> Iterator[tuple[tuple, tuple[str, str]]]:
+    """(listing row, (kind, reason)) for each listing of one image that is not used.
+
+    Listings that agree on label and patient keep the first (by source, file, line);
+    the others are `duplicate`. Listings that disagree are all `duplicate_conflict`:
+    which one is right cannot be known, and using any would put one image in the data
+    with two labels or under two patients (and so possibly in two splits).
+    """
+    del content_hash
+    listings = sorted(listings)
+    if len(listings) < 2:
+        return
+    places = "; ".join(f"{listing.source} {listing_location(listing.listing, listing.line)}"
+                       for listing in listings)
+    labels = sorted({listing.label for listing in listings})
+    patients = len({listing.patient_match_key for listing in listings})
+    if len(labels) > 1 or patients > 1:
+        conflicts = ([f"labels {labels}"] if len(labels) > 1 else []) + (
+            [f"{patients} different patients"] if patients > 1 else [])
+        reason = (f"the same image (identical bytes) is listed {len(listings)} times with "
+                  f"{' and '.join(conflicts)}: {places}")
+        for listing in listings:
+            yield listing.row, ("duplicate_conflict", reason)
+        return
+    kept = listings[0]
+    for listing in listings[1:]:
+        yield listing.row, ("duplicate", f"the same image (identical bytes) as {kept.source} "
+                                         f"{listing_location(kept.listing, kept.line)}, which is used")
+
+
+class DropDuplicatesFn(beam.DoFn):
+    """Passes images without a duplicate verdict; rejects the others with theirs."""
+
+    def __init__(self):
+        self._unique = beam.metrics.Metrics.counter("dedupe", "images_unique")
+
+    def process(self, image: PreparedImage, verdicts: dict) -> Iterator:
+        verdict = verdicts.get((image.source, image.listing, image.line))
+        if verdict is None:
+            self._unique.inc()
+            yield image
+            return
+        kind, reason = verdict
+        beam.metrics.Metrics.counter("dedupe", kind).inc()
+        yield beam.pvalue.TaggedOutput(REJECTED, Rejection(
+            source=image.source, stage="dedupe", kind=kind, reason=reason, image_id=image.image_id,
+            listing=image.listing, line=image.line))
+
+
+class DropDuplicateImages(beam.PTransform):
+    """Uses each image (the same bytes, however listed) at most once; outputs `unique` and `rejected`.
+
+    Only content hashes and listing metadata are grouped; the verdicts that come back
+    as a side input cover duplicated images only, so memory stays small.
+    """
+
+    def expand(self, images):
+        verdicts = (images
+                    | "ListingByContent" >> beam.Map(listing_of)
+                    | "GroupByContent" >> beam.GroupByKey()
+                    | "DuplicateVerdicts" >> beam.FlatMapTuple(duplicate_verdicts))
+        return images | "DropDuplicates" >> beam.ParDo(
+            DropDuplicatesFn(), verdicts=beam.pvalue.AsDict(verdicts)).with_outputs(REJECTED, main="unique")
 
 
 class ExpandExamplesFn(beam.DoFn):
@@ -100,15 +213,15 @@ class ListSources(beam.PTransform):
     """Every configured source, flattened: outputs `images` and `rejected`."""
 
     def __init__(self, rsna_dir: str | None, covid_dir: str | None, csv_path: str | None,
-                 rsna_not_normal: str):
+                 rsna_not_normal: str, patient_key: splitting.PatientKey, allowed_views: frozenset[str]):
         super().__init__()
         self._readers = []
         if rsna_dir:
-            self._readers.append(("Rsna", rsna_dir, sources.ParseRsnaLabelsFn(rsna_not_normal)))
+            self._readers.append(("Rsna", rsna_dir, sources.ParseRsnaLabelsFn(rsna_not_normal, patient_key)))
         if covid_dir:
-            self._readers.append(("Covid", covid_dir, sources.ParseCovidMetadataFn()))
+            self._readers.append(("Covid", covid_dir, sources.ParseCovidMetadataFn(patient_key, allowed_views)))
         if csv_path:
-            self._readers.append(("Csv", csv_path, sources.ParseLabelCsvFn()))
+            self._readers.append(("Csv", csv_path, sources.ParseLabelCsvFn(patient_key, allowed_views)))
 
     def expand(self, pipeline):
         listed = [pipeline | f"Read{name}" >> sources.ReadSource(location, parse_fn)
@@ -123,24 +236,31 @@ def _count_per_key(pcoll, label: str, key_fn):
     return pcoll | f"{label}Keys" >> beam.Map(key_fn) | f"Count{label}" >> beam.combiners.Count.PerElement()
 
 
+def patient_key_of(args: argparse.Namespace) -> splitting.PatientKey:
+    return splitting.PatientKey(value=args.patient_key or "", path=args.patient_key_file or "")
+
+
 def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
     """Adds the whole preprocess graph to `pipeline`."""
     fractions = splitting.parse_split(args.split)
     configured_multipliers = augmentation.parse_multipliers(args.augment)
-    listed = pipeline | "ListSources" >> ListSources(args.rsna_dir, args.covid_dir, args.csv, args.rsna_not_normal)
+    patient_key = patient_key_of(args)
+    allowed_views = sources.parse_allowed_views(args.allowed_views)
+    listed = pipeline | "ListSources" >> ListSources(args.rsna_dir, args.covid_dir, args.csv, args.rsna_not_normal,
+                                                     patient_key, allowed_views)
 
     prepared = (listed["images"]
                 | "FanOut" >> beam.Reshuffle()
-                | "ReadAndPrepare" >> beam.ParDo(
-                    ReadAndPrepareFn(args.image_size, args.patient_key, fractions)).with_outputs(
-                        REJECTED, main="prepared"))
+                | "ReadAndPrepare" >> beam.ParDo(ReadAndPrepareFn(
+                    args.image_size, patient_key, fractions, imaging.max_pixels_for(args.max_megapixels),
+                    allowed_views)).with_outputs(REJECTED, main="prepared"))
+    deduplicated = prepared.prepared | "DropDuplicateImages" >> DropDuplicateImages()
 
     if configured_multipliers:
-        # Known up front: decoding, augmentation and encoding then fuse into one stage.
         multipliers = pipeline | "Multipliers" >> beam.Create([configured_multipliers])
     else:
         train_originals = _count_per_key(
-            prepared.prepared | "TrainOnly" >> beam.Filter(lambda image: image.split == "train"),
+            deduplicated.unique | "TrainOnly" >> beam.Filter(lambda image: image.split == "train"),
             "TrainOriginals", lambda image: image.label)
         multipliers = (pipeline
                        | "MultiplierSeed" >> beam.Create([None])
@@ -148,12 +268,12 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
                            lambda _, counts: augmentation.balanced_multipliers(counts),
                            counts=beam.pvalue.AsDict(train_originals)))
 
-    examples = prepared.prepared | "ExpandAndEncode" >> beam.ParDo(
+    examples = deduplicated.unique | "ExpandAndEncode" >> beam.ParDo(
         ExpandExamplesFn(args.seed), multipliers=beam.pvalue.AsSingleton(multipliers))
     shards = examples | "WriteShards" >> WriteShardedTFRecords(
         args.output_dir, int(args.target_shard_mb * 1024 * 1024))
 
-    rejected = ((listed[REJECTED], prepared[REJECTED]) | "AllRejected" >> beam.Flatten())
+    rejected = ((listed[REJECTED], prepared[REJECTED], deduplicated[REJECTED]) | "AllRejected" >> beam.Flatten())
     rejected_files = (rejected
                       | "RejectedJson" >> beam.Map(Rejection.to_json)
                       | "WriteRejected" >> beam.io.WriteToText(
@@ -172,24 +292,27 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
              multipliers=side.AsSingleton(multipliers),
              inputs_listed=side.AsSingleton(inputs_listed),
              patients=side.AsList(
-                 prepared.prepared
+                 deduplicated.unique
                  | "PatientKeys" >> beam.Map(lambda image: (image.split, image.label, image.patient_key))
                  | "DistinctPatients" >> beam.Distinct()
                  | "PatientSplitClass" >> beam.Map(lambda key: (key[0], key[1]))
                  | "CountPatients" >> beam.combiners.Count.PerElement()),
-             originals=side.AsList(_count_per_key(prepared.prepared, "Originals",
+             originals=side.AsList(_count_per_key(deduplicated.unique, "Originals",
                                                   lambda image: (image.split, image.label))),
              examples=side.AsList(_count_per_key(examples, "Examples",
                                                  lambda example: (example.split, example.label))),
              rejected=side.AsList(_count_per_key(rejected, "Rejected", lambda item: item.counter_key)),
+             notes=side.AsList(deduplicated.unique
+                               | "Notes" >> beam.FlatMap(lambda image: image.notes)
+                               | "CountNotes" >> beam.combiners.Count.PerElement()),
              shards=side.AsList(shards),
              rejected_files=side.AsList(rejected_files)))
 
 
 def _recorded_options(args: argparse.Namespace) -> dict:
-    """The job's own flags for the manifest; the patient key is a secret and stays out."""
+    """The job's own flags for the manifest; the patient key is a secret: only its fingerprint goes in."""
     recorded = {name: value for name, value in vars(args).items() if name not in ("patient_key", "overwrite")}
-    recorded["patient_key_is_default"] = args.patient_key == DEFAULT_PATIENT_KEY
+    recorded["patient_key_fingerprint"] = splitting.key_fingerprint(patient_key_of(args).load())
     return recorded
 
 
@@ -209,9 +332,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="Seed of the augmentation randomness.")
     parser.add_argument("--rsna_not_normal", choices=sources.NOT_NORMAL_POLICIES, default="exclude",
                         help="What RSNA 'No Lung Opacity / Not Normal' patients become.")
-    parser.add_argument("--patient_key", default=DEFAULT_PATIENT_KEY,
-                        help="Secret key of the patient-id hash (pseudonyms and split). Keep it stable "
-                             "so patients keep their split; set your own to make ids unlinkable.")
+    parser.add_argument("--patient_key",
+                        help="Secret key (at least 16 characters) of the patient-id hash that makes the "
+                             "pseudonyms and decides the split; keep it stable so patients keep their split. "
+                             "Required unless --patient_key_file is given; there is no default.")
+    parser.add_argument("--patient_key_file",
+                        help="File (local or gs://) holding the patient key, read where it is used, so the key "
+                             "stays out of the job graph and the template parameters. Preferred to --patient_key.")
+    parser.add_argument("--max_megapixels", type=float, default=imaging.DEFAULT_MAX_MEGAPIXELS,
+                        help="Largest image accepted, in megapixels per frame (DICOM pixel data may take "
+                             f"{imaging.PIXEL_BYTES_PER_ALLOWED_PIXEL} bytes per allowed pixel); checked from the "
+                             "header before decoding. Larger ones are rejected as image_too_large.")
+    parser.add_argument("--allowed_views", default=sources.DEFAULT_ALLOWED_VIEWS,
+                        help="Comma-separated views used for training, from the listing or the DICOM "
+                             "ViewPosition; others (laterals L, LL, RL, ...) are rejected as view_not_allowed. "
+                             "Images whose CSV and header state no view are kept.")
     parser.add_argument("--target_shard_mb", type=float, default=DEFAULT_TARGET_SHARD_MB,
                         help="Approximate size of one TFRecord shard.")
     parser.add_argument("--overwrite", action="store_true",
@@ -232,11 +367,16 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"--image_size: {problem}")
     if args.target_shard_mb <= 0:
         parser.error("--target_shard_mb must be positive")
+    if not args.max_megapixels > 0:
+        parser.error("--max_megapixels must be positive")
     try:
         splitting.parse_split(args.split)
         augmentation.parse_multipliers(args.augment)
+        sources.parse_allowed_views(args.allowed_views)
     except ValueError as error:
         parser.error(str(error))
+    if problem := splitting.patient_key_problem(patient_key_of(args)):
+        parser.error(problem)
     problems = sources.source_problems(args.rsna_dir, args.covid_dir, args.csv)
     if problems:
         parser.error("input problem: " + "; ".join(problems))

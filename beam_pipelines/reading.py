@@ -1,7 +1,14 @@
 """Reads one listed image from any Beam filesystem and preprocesses it, or says why not.
 
-The preprocess job and batch prediction both call `read_and_preprocess`, so an input
-is rejected for the same reasons, with the same codes, in training data and at serving.
+The preprocess job and batch prediction both call these functions, so an input is
+rejected for the same reasons, with the same codes, in training data and at serving.
+
+Only a file that does not exist is a rejection at the read stage. Any other I/O error
+(a storage hiccup, a permission problem, a directory listed as an image) is raised as
+`InputReadError`, so the runner retries the bundle and, if the error persists, the job
+fails naming the input: a transient error must not turn a good image into a permanent
+rejection. The error names the input as the caller describes it, and never repeats the
+underlying exception's message, which carries the path.
 """
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -20,22 +27,55 @@ class UnusableInput(Exception):
         self.reason = reason
 
 
-def read_file(uri: str) -> bytes:
+class InputReadError(IOError):
+    """An I/O error other than not-found, raised so that the runner retries the bundle."""
+
+
+def _describe(error: Exception) -> str:
+    """The error's type and, for OS errors, its errno text; never its message (it holds the path)."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return f"{type(error).__name__} (errno {error.errno}: {error.strerror})"
+    return type(error).__name__
+
+
+def read_file(uri: str, max_bytes: int, name: str | None = None) -> bytes:
+    """The file's bytes, refusing more than `max_bytes` without reading them all.
+
+    Raises:
+      UnusableInput: the file does not exist, or it is larger than `max_bytes`.
+      InputReadError: any other failure; `name` (default: the uri) says which input.
+    """
     try:
         with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            return handle.read()
-    except Exception as error:  # FileSystems raises IOError, BeamIOError or a GCS error
-        if not FileSystems.exists(uri):
-            raise UnusableInput("read", "missing_file", "the listed image does not exist") from error
-        raise UnusableInput("read", "read_failed", f"{type(error).__name__}: {error}") from error
+            data = handle.read(max_bytes + 1)
+    except Exception as error:  # FileSystems raises OSError, BeamIOError or a GCS error
+        try:
+            exists = FileSystems.exists(uri)
+        except Exception as lookup_error:
+            raise InputReadError(f"{_describe(lookup_error)} looking up {name or uri}") from None
+        if not exists:
+            raise UnusableInput("read", "missing_file", "the listed image does not exist") from None
+        raise InputReadError(f"{_describe(error)} reading {name or uri}") from None
+    if len(data) > max_bytes:
+        raise UnusableInput("read", "image_too_large",
+                            f"the file is larger than {max_bytes / 1e6:.0f} MB, the most the pixel limit "
+                            "allows (--max_megapixels)")
+    return data
 
 
-def read_and_preprocess(uri: str, image_size: int) -> imaging.DecodedImage:
-    """`imaging.preprocess_image` of the file's bytes; every failure is an `UnusableInput`."""
-    data = read_file(uri)
+def preprocess_bytes(data: bytes, image_size: int, uri: str = "",
+                     max_pixels: int = imaging.DEFAULT_MAX_PIXELS) -> imaging.DecodedImage:
+    """`imaging.preprocess_image`; every failure is an `UnusableInput`."""
     try:
-        return imaging.preprocess_image(data, image_size, uri)
+        return imaging.preprocess_image(data, image_size, uri, max_pixels)
     except imaging.ImageDecodeError as error:
         raise UnusableInput("decode", error.kind, error.reason) from error
     except Exception as error:  # a decoder bug must not fail the job: record it instead
         raise UnusableInput("decode", "unexpected_error", f"{type(error).__name__}: {error}") from error
+
+
+def read_and_preprocess(uri: str, image_size: int, max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
+                        name: str | None = None) -> imaging.DecodedImage:
+    """Reads `uri` (see `read_file`) and preprocesses its bytes (see `preprocess_bytes`)."""
+    data = read_file(uri, imaging.max_file_bytes(max_pixels), name)
+    return preprocess_bytes(data, image_size, uri, max_pixels)

@@ -1,17 +1,66 @@
 """Patient-level split and pseudonymous ids, both from one keyed hash.
 
-HMAC-SHA256 of (source, patient id) under `--patient_key` gives the hex `patient/id`
+HMAC-SHA256 of (source, patient id) under the patient key gives the hex `patient/id`
 written to records and a uniform number in [0, 1) that picks the split. A patient
 therefore never appears in two splits, and keeps its split when the dataset grows
 or is reprocessed, as long as the key and the fractions stay the same.
+
+There is no default key: anyone who knows the key can recompute `patient/id` from raw
+patient ids, so each deployment brings its own (`--patient_key` or, better,
+`--patient_key_file`, whose key is read where it is used and so never enters the job
+graph or a template parameter).
 """
 
+import dataclasses
 import hashlib
 import hmac
+
+from apache_beam.io.filesystems import FileSystems
 
 from beam_pipelines import contract
 
 HASH_FRACTION_BYTES = 8
+MIN_KEY_CHARACTERS = 16
+KEY_FINGERPRINT_CHARACTERS = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class PatientKey:
+    """The secret of the keyed hash: given inline, or as the path of a file (local or gs://) holding it."""
+
+    value: str = ""
+    path: str = ""
+
+    def load(self) -> str:
+        """The key; a key file is read now, surrounding whitespace (the final newline) stripped."""
+        if not self.path:
+            return self.value
+        with FileSystems.open(self.path) as handle:
+            return handle.read().decode("utf-8").strip()
+
+
+def patient_key_problem(key: PatientKey) -> str | None:
+    """Why `key` cannot be used (naming the flags), or None; checked before the job starts."""
+    if key.value and key.path:
+        return "give either --patient_key or --patient_key_file, not both"
+    if not key.value and not key.path:
+        return ("no patient key: pass --patient_key SECRET or --patient_key_file FILE (local or gs://). "
+                "There is no default key: anyone who knows it can recompute patient/id from raw patient ids. "
+                "Make one with: python -c 'import secrets; print(secrets.token_hex(32))'")
+    try:
+        secret = key.load()
+    except Exception as error:  # a missing file, no access, not UTF-8: say which, not the traceback
+        return f"--patient_key_file {key.path} cannot be read ({type(error).__name__})"
+    if len(secret) < MIN_KEY_CHARACTERS:
+        flag = "--patient_key_file" if key.path else "--patient_key"
+        return (f"{flag}: the patient key has {len(secret)} characters; use at least {MIN_KEY_CHARACTERS} "
+                "random ones, e.g. python -c 'import secrets; print(secrets.token_hex(32))'")
+    return None
+
+
+def key_fingerprint(secret: str) -> str:
+    """A short keyed hash of a constant: shows whether two runs used the same key, not the key."""
+    return keyed_hash(secret, "fingerprint")[:KEY_FINGERPRINT_CHARACTERS]
 
 
 def parse_split(text: str) -> dict[str, float]:
@@ -35,6 +84,11 @@ def keyed_hash(key: str, *parts: str) -> str:
 
 def pseudonymous_patient_id(key: str, source: str, patient_id: str) -> str:
     return keyed_hash(key, "patient", source, patient_id)
+
+
+def patient_match_key(key: str, patient_id: str) -> str:
+    """Keyed hash of a raw patient id alone, to compare listings of one image across sources."""
+    return keyed_hash(key, "patient-any-source", patient_id)
 
 
 def pseudonymous_image_id(key: str, source: str, image_uri_in_source: str) -> str:

@@ -35,7 +35,7 @@ from beam_pipelines.synthesize import pipeline as synthesize
 
 MULTIPLIERS = augmentation.parse_multipliers(augmentation.DEFAULT_MULTIPLIERS)
 FRACTIONS = splitting.parse_split("0.8,0.1,0.1")
-KEY = preprocess.DEFAULT_PATIENT_KEY
+KEY = "benchmark-patient-key-not-a-secret"
 SEED = preprocess.DEFAULT_SEED
 BEAM_RUNS = 3
 SMALL_JOB_IMAGES = 20
@@ -110,7 +110,8 @@ def beam_job(csv_path: str, image_size: int, output_dir: str, workers: int, mode
     shutil.rmtree(output_dir, ignore_errors=True)
     start = time.perf_counter()
     manifest = preprocess.run([f"--csv={csv_path}", f"--output_dir={output_dir}", f"--image_size={image_size}",
-                               f"--direct_num_workers={workers}", f"--direct_running_mode={mode}"])
+                               f"--patient_key={KEY}", f"--direct_num_workers={workers}",
+                               f"--direct_running_mode={mode}"])
     seconds = time.perf_counter() - start
     if manifest["inputs"]["used"] != expected_images:
         raise RuntimeError(f"the job used {manifest['inputs']['used']} of {expected_images} images: "

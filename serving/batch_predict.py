@@ -89,7 +89,7 @@ def _counter(name: str) -> beam.metrics.metricbase.Counter:
 def _rejection(uri: str, source: str, stage: str, kind: str, reason: str) -> beam.pvalue.TaggedOutput:
     _counter("rejected").inc()
     beam.metrics.Metrics.counter(stage, kind).inc()
-    return beam.pvalue.TaggedOutput(REJECTED, Rejection(uri, source, stage, kind, reason))
+    return beam.pvalue.TaggedOutput(REJECTED, Rejection(source=source, stage=stage, kind=kind, reason=reason, uri=uri))
 
 
 class ListInputsFn(beam.DoFn):

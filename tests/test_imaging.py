@@ -4,10 +4,16 @@ DICOM inputs are pydicom's own bundled test files (shipped in its wheel, so noth
 downloaded), which cover the transfer syntaxes real archives use.
 """
 
+import concurrent.futures
 import io
+import struct
+import warnings
+import zlib
 
 import numpy as np
 import pydicom
+import pydicom.encaps
+import pydicom.pixels
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
@@ -123,7 +129,7 @@ def test_bad_bytes_are_refused_with_a_reason(data, uri, kind):
 
 
 @pytest.mark.parametrize("name, kind", [
-    ("MR_truncated.dcm", "pixel_decode_failed"),
+    ("MR_truncated.dcm", "truncated_file"),  # its pixel data is 62 bytes short of the declared size
     ("rtplan.dcm", "no_pixel_data"),
     ("JPEG-lossy.dcm", "pixel_decode_failed"),
 ])
@@ -174,3 +180,158 @@ def test_view_position_comes_from_the_dicom_header():
     data = dicom_writer.dicom_bytes(phantom.render_chest(1, "normal", 64), patient_id="p", view="AP",
                                     sex="M", age=30)
     assert imaging.preprocess_image(data, 32).view == "AP"
+
+
+# Decode safety: size limits, frame 0, truncation from the data, thread safety, colour, VOI -----
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A few-hundred-byte PNG whose header claims width × height 8-bit gray pixels."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("max_pixels", [imaging.DEFAULT_MAX_PIXELS, 10**9])
+def test_a_png_claiming_100_megapixels_is_refused_before_decoding(max_pixels, monkeypatch):
+    """Over our limit, or over Pillow's bomb limit (a warning in Pillow), it is an error either way."""
+    data = png_claiming(10_000, 10_000)
+    assert len(data) < 2000
+    filters = list(warnings.filters)
+    with pytest.raises(imaging.ImageDecodeError) as raised:
+        imaging.preprocess_image(data, SIZE, "bomb.png", max_pixels=max_pixels)
+    assert raised.value.kind == "image_too_large" and "10000×10000" in raised.value.reason
+    assert warnings.filters == filters, "no process-wide warning filter may change"
+
+
+def test_a_dicom_header_over_the_limit_is_refused_before_decoding():
+    dataset = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm", download=False))
+    dataset.Rows = dataset.Columns = 30_000  # the RLE stream is tiny; a decode would need 1.8 GB
+    with pytest.raises(imaging.ImageDecodeError) as raised:
+        imaging.preprocess_image(dataset_bytes(dataset), SIZE)
+    assert raised.value.kind == "image_too_large" and "30000×30000" in raised.value.reason
+
+    data = pydicom_file_bytes("CT_small.dcm")  # 128² × 16 bits
+    assert imaging.preprocess_image(data, SIZE, max_pixels=128 * 128).pixels.shape == (SIZE, SIZE)
+    with pytest.raises(imaging.ImageDecodeError, match="image_too_large"):
+        imaging.preprocess_image(data, SIZE, max_pixels=128 * 127)
+
+
+def test_the_frame_count_and_bytes_per_sample_count_towards_the_limit():
+    dataset = pydicom.dcmread(get_testdata_file("SC_rgb_rle_2frame.dcm", download=False))  # 2 × 100² × RGB
+    data = dataset_bytes(dataset)
+    assert imaging.preprocess_image(data, SIZE, max_pixels=15_000).pixels.shape == (SIZE, SIZE)
+    with pytest.raises(imaging.ImageDecodeError) as raised:  # 60 KB of pixel data > 4 bytes × 14,000
+        imaging.preprocess_image(data, SIZE, max_pixels=14_000)
+    assert raised.value.kind == "image_too_large"
+
+
+def test_multi_frame_files_decode_frame_zero_only():
+    dataset = pydicom.dcmread(get_testdata_file("SC_rgb_rle_2frame.dcm", download=False))
+    original = imaging.preprocess_image(dataset_bytes(dataset), SIZE).pixels
+    first, _ = pydicom.encaps.generate_frames(dataset.PixelData, number_of_frames=2)
+    dataset.PixelData = pydicom.encaps.encapsulate([first, b"\xff" * 64])  # frame 1: not an RLE stream
+    broken_second_frame = dataset_bytes(dataset)
+    with pytest.raises(Exception):
+        pydicom.dcmread(io.BytesIO(broken_second_frame)).pixel_array  # decoding every frame fails
+    np.testing.assert_array_equal(imaging.preprocess_image(broken_second_frame, SIZE).pixels, original)
+
+
+TRUNCATION_CASES = [(name, fraction) for name in (
+    "MR_small.dcm", "CT_small.dcm", "MR_small_RLE.dcm", "SC_rgb_dcmtk_+eb+cy+np.dcm", "MR_small_jp2klossless.dcm",
+    "SC_rgb_rle_2frame.dcm") for fraction in (0.3, 0.7, 0.9)]
+
+
+@pytest.mark.parametrize("name, fraction", TRUNCATION_CASES)
+def test_truncation_is_read_from_the_data(name, fraction):
+    """Native pixel data shorter than declared, or encapsulated data without its end: truncated_file."""
+    data = pydicom_file_bytes(name)
+    imaging.preprocess_image(data, SIZE, name)
+    with pytest.raises(imaging.ImageDecodeError) as raised:
+        imaging.preprocess_image(data[: int(len(data) * fraction)], SIZE, name)
+    assert raised.value.kind == "truncated_file"
+
+
+def test_decoding_captures_no_warnings(monkeypatch):
+    """warnings.catch_warnings swaps process-wide state: with threads it loses or misroutes warnings."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("decoding must not capture warnings")
+
+    monkeypatch.setattr(warnings, "catch_warnings", forbidden)
+    for name, _ in TRUNCATION_CASES[::3]:
+        data = pydicom_file_bytes(name)
+        imaging.preprocess_image(data, SIZE, name)
+        with pytest.raises(imaging.ImageDecodeError):
+            imaging.preprocess_image(data[: len(data) // 2], SIZE, name)
+
+
+def decode_outcome(item: tuple[str, bytes]) -> tuple[str, bytes]:
+    name, data = item
+    try:
+        return "ok", imaging.preprocess_image(data, SIZE, name).pixels.tobytes()
+    except imaging.ImageDecodeError as error:
+        return error.kind, b""
+
+
+def test_decoding_in_8_threads_gives_what_it_gives_in_one():
+    inputs = []
+    for name, fraction in TRUNCATION_CASES:
+        data = pydicom_file_bytes(name)
+        inputs += [(name, data), (name, data[: int(len(data) * fraction)])]
+    serial = [decode_outcome(item) for item in inputs]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(5):
+            assert list(pool.map(decode_outcome, inputs)) == serial
+
+
+def palette_dicom(indices: np.ndarray, red: np.ndarray, green: np.ndarray, blue: np.ndarray) -> bytes:
+    """An 8-bit PALETTE COLOR DICOM with 256-entry, 16-bit colour tables."""
+    dataset = pydicom.dcmread(io.BytesIO(dicom_writer.dicom_bytes(
+        indices, patient_id="p", view="PA", sex="F", age=40, transfer_syntax="explicit_le")))
+    dataset.PhotometricInterpretation = "PALETTE COLOR"
+    dataset.PixelData = indices.astype(np.uint8).tobytes()
+    for colour, table in (("Red", red), ("Green", green), ("Blue", blue)):
+        dataset.add_new(f"{colour}PaletteColorLookupTableDescriptor", "US", [256, 0, 16])
+        dataset.add_new(f"{colour}PaletteColorLookupTableData", "OW", (table.astype("<u2") * 257).tobytes())
+    for keyword in ("WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept"):
+        if keyword in dataset:
+            delattr(dataset, keyword)
+    return dataset_bytes(dataset)
+
+
+def test_palette_color_is_rendered_through_its_colour_table():
+    indices = np.tile(np.arange(256, dtype=np.uint8), (64, 1))[:, ::4]
+    ramp = np.arange(256)
+    data = palette_dicom(indices, red=255 - ramp, green=255 - ramp, blue=(ramp * 3) % 256)
+    pixels = imaging.preprocess_image(data, SIZE).pixels
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    rendered = pydicom.pixels.apply_color_lut(dataset.pixel_array, dataset).astype(np.float32)
+    luminance = rendered[..., 0] * 0.299 + rendered[..., 1] * 0.587 + rendered[..., 2] * 0.114
+    expected = imaging.fit_square(imaging.scale_to_uint8(luminance), SIZE)
+    assert np.corrcoef(pixels.ravel(), expected.ravel())[0, 1] > 0.99
+    as_gray_indices = imaging.fit_square(imaging.scale_to_uint8(indices), SIZE)
+    assert np.corrcoef(pixels.ravel(), as_gray_indices.ravel())[0, 1] < -0.5, "indices are not intensities"
+
+
+@pytest.mark.parametrize("width, function", [(0, None), (-40, None), (0.5, "LINEAR"), (0, "SIGMOID"),
+                                             (10, "NOT_A_FUNCTION")])
+def test_an_invalid_voi_window_is_ignored_with_a_note(width, function):
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    assert "WindowWidth" not in dataset and "VOILUTSequence" not in dataset
+    unwindowed = imaging.preprocess_image(dataset_bytes(dataset), SIZE)
+    dataset.WindowCenter, dataset.WindowWidth = 40, width
+    if function:
+        dataset.VOILUTFunction = function
+    decoded = imaging.preprocess_image(dataset_bytes(dataset), SIZE)
+    assert decoded.notes == (imaging.NOTE_INVALID_VOI_WINDOW,)
+    np.testing.assert_array_equal(decoded.pixels, unwindowed.pixels)
+    assert unwindowed.notes == ()
+
+
+def test_header_view_and_modality_are_reported():
+    decoded = imaging.preprocess_image(pydicom_file_bytes("CT_small.dcm"), SIZE)
+    assert decoded.modality == "CT"
+    data = dicom_writer.dicom_bytes(phantom.render_chest(1, "normal", 64), patient_id="p", view="PA",
+                                    sex="M", age=30)
+    assert (imaging.preprocess_image(data, 32).view, imaging.preprocess_image(data, 32).modality) == ("PA", "CR")

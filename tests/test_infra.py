@@ -189,7 +189,10 @@ PREPROCESS_SAMPLES = {
     "augment": "normal=1,pneumonia=2,covid19=20",
     "seed": "7",
     "rsna_not_normal": "pneumonia",
-    "patient_key": "a-secret",
+    "patient_key": "a-secret-of-16-characters",
+    "patient_key_file": "gs://bucket/secrets/patient_key",
+    "max_megapixels": "80",
+    "allowed_views": "PA,AP,AP SUPINE,LL",
     "target_shard_mb": "150.5",
 }
 PREDICT_SAMPLES = {
@@ -340,6 +343,7 @@ def test_run_preprocess_passes_template_parameters_intact():
     assert passed == {
         "sdk_container_image": "us-central1-docker.pkg.dev/p/cxr/cxr-preprocess:t",
         "output_dir": "gs://b/tfrecords/r",
+        "patient_key_file": "gs://b/secrets/patient_key",
         "rsna_dir": "gs://b/raw/rsna",
         "split": "0.7,0.15,0.15",
         "augment": "normal=2,pneumonia=2,covid19=30",

@@ -2,20 +2,28 @@
 
 import collections
 import glob
+import hashlib
+import io
 import json
 import os
 import shutil
 
 import apache_beam as beam
+import numpy as np
 import pydicom
 import pytest
 import tensorflow as tf
+from apache_beam.testing.util import assert_that, equal_to
 from pydicom.data import get_testdata_file
 
-from beam_pipelines import contract, preprocess
+from beam_pipelines import contract, imaging, preprocess, sources, splitting
 from beam_pipelines.options import build_pipeline_options
+from beam_pipelines.records import PreparedImage, SourceImage
+from beam_pipelines.synthesize import dicom_writer, phantom
 from beam_pipelines.synthesize import pipeline as synthesize
 
+PATIENT_KEY = "test-patient-key-0123456789"
+KEY_FLAG = f"--patient_key={PATIENT_KEY}"
 IMAGE_SIZE = 32
 MULTIPLIERS = {"normal": 2, "pneumonia": 3, "covid19": 5}
 AUGMENT_FLAG = ",".join(f"{name}={value}" for name, value in MULTIPLIERS.items())
@@ -80,7 +88,7 @@ def run_job(raw_dir: str, output_dir: str, *extra: str) -> dict:
     return preprocess.run([
         f"--rsna_dir={raw_dir}/rsna", f"--covid_dir={raw_dir}/covid", f"--csv={raw_dir}/own.csv",
         f"--output_dir={output_dir}", f"--image_size={IMAGE_SIZE}", f"--augment={AUGMENT_FLAG}",
-        "--seed=5", "--target_shard_mb=0.02", *extra])
+        "--seed=5", "--target_shard_mb=0.02", KEY_FLAG, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +168,10 @@ def test_every_bad_input_is_rejected_with_its_reason(job, raw_dir):
                      ("select", "excluded_not_normal")]:
         assert kinds[expected] >= 1, f"no rejection {expected} in {kinds}"
     assert kinds[("decode", "pixel_decode_failed")] == 1, "the non-conformant JPEG stream"
-    assert all(row["uri"] and row["reason"] for row in rejected)
-    assert f"{raw_dir}/does-not-exist.png" in {row["uri"] for row in rejected}
+    assert all(row["listing"] and row["line"] and row["reason"] for row in rejected)
+    assert not [row for row in rejected if "uri" in row or raw_dir in json.dumps(row)]
+    assert {"source": "csv", "stage": "read", "kind": "missing_file", "listing": "--csv", "line": 4} in [
+        {name: row[name] for name in ("source", "stage", "kind", "listing", "line")} for row in rejected]
     inputs = manifest["inputs"]
     assert inputs["listed"] == inputs["used"] + inputs["rejected"]
     assert inputs["rejected"] == len(rejected)
@@ -181,6 +191,9 @@ def test_manifest_counts_match_the_records(job):
     assert manifest["augmentation_multipliers"] == MULTIPLIERS
     assert manifest["schema"]["classes"] == list(contract.CLASS_NAMES)
     assert "patient_key" not in manifest["options"]
+    assert manifest["options"]["patient_key_fingerprint"] == splitting.key_fingerprint(PATIENT_KEY)
+    with open(os.path.join(output_dir, contract.MANIFEST_FILE)) as handle:
+        assert PATIENT_KEY not in handle.read()
     shard_files = {shard["file"] for shard in manifest["shards"]}
     assert shard_files == {os.path.basename(path) for path in glob.glob(f"{output_dir}/*.tfrecord.gz")}
     train_shards = [name for name in shard_files if name.startswith("train-")]
@@ -201,7 +214,7 @@ def test_a_rerun_on_another_runner_mode_gives_identical_records(job, raw_dir, tm
 
 def test_auto_multipliers_balance_the_train_classes(raw_dir, tmp_path):
     manifest = preprocess.run([f"--covid_dir={raw_dir}/covid", f"--rsna_dir={raw_dir}/rsna",
-                               f"--output_dir={tmp_path}", "--image_size=32", "--augment=auto"])
+                               f"--output_dir={tmp_path}", "--image_size=32", "--augment=auto", KEY_FLAG])
     originals = manifest["originals"]["train"]
     largest = max(originals.values())
     for name, count in originals.items():
@@ -210,13 +223,21 @@ def test_auto_multipliers_balance_the_train_classes(raw_dir, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    ([], "give at least one source"),
-    (["--rsna_dir=/nowhere/rsna"], "stage_2_train_labels.csv does not exist"),
-    (["--covid_dir={raw}/covid", "--split=0.5,0.5"], "--split"),
-    (["--covid_dir={raw}/covid", "--augment=covid19=30"], "--augment"),
-    (["--covid_dir={raw}/covid", "--image_size=4"], "--image_size"),
+    ([KEY_FLAG], "give at least one source"),
+    (["--rsna_dir=/nowhere/rsna", KEY_FLAG], "stage_2_train_labels.csv does not exist"),
+    (["--covid_dir={raw}/covid", "--split=0.5,0.5", KEY_FLAG], "--split"),
+    (["--covid_dir={raw}/covid", "--augment=covid19=30", KEY_FLAG], "--augment"),
+    (["--covid_dir={raw}/covid", "--image_size=4", KEY_FLAG], "--image_size"),
+    (["--covid_dir={raw}/covid", "--max_megapixels=0", KEY_FLAG], "--max_megapixels must be positive"),
+    (["--covid_dir={raw}/covid", "--allowed_views= , ", KEY_FLAG], "--allowed_views must name at least one view"),
+    (["--covid_dir={raw}/covid"], "no patient key: pass --patient_key SECRET or --patient_key_file FILE"),
+    (["--covid_dir={raw}/covid", "--patient_key=short"], "use at least 16"),
+    (["--covid_dir={raw}/covid", "--patient_key_file={raw}/no-key-here"], "--patient_key_file"),
+    (["--csv={raw}/latin1.csv", KEY_FLAG], "latin1.csv is not valid UTF-8: byte 0xe9 on line 3"),
 ])
 def test_bad_flags_fail_fast_with_a_clear_message(raw_dir, tmp_path, capsys, flags, message):
+    with open(f"{raw_dir}/latin1.csv", "wb") as handle:
+        handle.write("image_uri,label,patient_id\na.png,normal,1\nb.png,normal,Jos\xe9\n".encode("latin-1"))
     with pytest.raises(SystemExit) as exited:
         preprocess.run([flag.format(raw=raw_dir) for flag in flags] + [f"--output_dir={tmp_path}"])
     assert exited.value.code == 2
@@ -224,14 +245,23 @@ def test_bad_flags_fail_fast_with_a_clear_message(raw_dir, tmp_path, capsys, fla
     assert not os.listdir(tmp_path), "nothing may be written before the flags are valid"
 
 
+def test_the_key_can_come_from_a_file(raw_dir, tmp_path):
+    key_file = tmp_path / "patient_key"
+    key_file.write_text(PATIENT_KEY + "\n")
+    manifest = preprocess.run([f"--covid_dir={raw_dir}/covid", f"--output_dir={tmp_path / 'out'}",
+                               f"--patient_key_file={key_file}", "--image_size=32"])
+    assert manifest["options"]["patient_key_fingerprint"] == splitting.key_fingerprint(PATIENT_KEY)
+    assert manifest["options"]["patient_key_file"] == str(key_file)
+
+
 def test_a_used_output_dir_needs_overwrite(job, raw_dir, tmp_path, capsys):
     output_dir = str(tmp_path / "reused")
     shutil.copytree(job[0], output_dir)
     with pytest.raises(SystemExit):
-        preprocess.run([f"--covid_dir={raw_dir}/covid", f"--output_dir={output_dir}"])
+        preprocess.run([f"--covid_dir={raw_dir}/covid", f"--output_dir={output_dir}", KEY_FLAG])
     assert "--overwrite" in capsys.readouterr().err
     manifest = preprocess.run([f"--covid_dir={raw_dir}/covid", f"--output_dir={output_dir}", "--overwrite",
-                               "--image_size=32"])
+                               "--image_size=32", KEY_FLAG])
     shards = {os.path.basename(path) for path in glob.glob(f"{output_dir}/*.tfrecord.gz")}
     assert shards == {shard["file"] for shard in manifest["shards"]}, "no shard of the old run is left"
 
@@ -243,7 +273,7 @@ def test_translates_to_a_dataflow_job_offline(raw_dir, tmp_path):
         f"--rsna_dir={raw_dir}/rsna", f"--covid_dir={raw_dir}/covid", f"--output_dir={tmp_path}",
         "--runner=DataflowRunner", "--project=test-project", "--region=us-central1",
         "--temp_location=gs://test-bucket/tmp", "--job_name=cxr-preprocess-test", "--no_auth",
-        "--dry_run=True", "--sdk_location=container"])
+        "--dry_run=True", "--sdk_location=container", KEY_FLAG])
     options = build_pipeline_options(beam_args)
     pipeline = beam.Pipeline(options=options)
     preprocess.build_pipeline(pipeline, args)
@@ -251,6 +281,108 @@ def test_translates_to_a_dataflow_job_offline(raw_dir, tmp_path):
     job = result.job
     assert job.proto.name == "cxr-preprocess-test"
     names = {transform.unique_name for transform in job.proto_pipeline.components.transforms.values()}
-    assert {"ListSources", "FanOut", "ReadAndPrepare", "ExpandAndEncode", "WriteShards",
+    assert {"ListSources", "FanOut", "ReadAndPrepare", "DropDuplicateImages", "ExpandAndEncode", "WriteShards",
             "WriteRejected", "WriteManifest"} <= names
     assert options.view_as(beam.options.pipeline_options.SetupOptions).setup_file.endswith("setup.py")
+
+
+# The job's own DoFns and composites, one by one ------------------------------------------------
+
+FRACTIONS = splitting.parse_split("0.8,0.1,0.1")
+FRONTAL = sources.parse_allowed_views(sources.DEFAULT_ALLOWED_VIEWS)
+
+
+def listed(uri: str, line: int, image_key: str = "", label: str = "normal", patient: str = "p") -> SourceImage:
+    return SourceImage("csv", uri, image_key or os.path.basename(uri), patient, label, "", "--csv", line)
+
+
+def chest_dicom(path, seed: int, **header) -> bytes:
+    """A small synthetic CR chest DICOM at `path`, with header elements overridden."""
+    dataset = pydicom.dcmread(io.BytesIO(dicom_writer.dicom_bytes(
+        phantom.render_chest(seed, "normal", 64), patient_id="p", view="PA", sex="F", age=40,
+        uid_seed=str(seed))))
+    for keyword, value in header.items():
+        setattr(dataset, keyword, value)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def test_read_and_prepare_keeps_frontal_radiographs_and_rejects_the_rest(beam_pipeline, tmp_path):
+    data = chest_dicom(tmp_path / "pa.dcm", 1)
+    chest_dicom(tmp_path / "lateral.dcm", 2, ViewPosition="LL")
+    chest_dicom(tmp_path / "ct.dcm", 3, Modality="CT")
+    chest_dicom(tmp_path / "large.dcm", 4, Rows=4000, Columns=4000)
+    images = [listed(str(tmp_path / name), line) for line, name in enumerate(
+        ["pa.dcm", "lateral.dcm", "ct.dcm", "large.dcm", "missing.dcm"], start=2)]
+    key = splitting.PatientKey(PATIENT_KEY)
+
+    def image_id(name: str) -> str:
+        return splitting.pseudonymous_image_id(PATIENT_KEY, "csv", name)
+
+    with beam_pipeline as pipeline:
+        result = (pipeline | beam.Create(images) | beam.ParDo(preprocess.ReadAndPrepareFn(
+            IMAGE_SIZE, key, FRACTIONS, max_pixels=1000 * 1000, allowed_views=FRONTAL)).with_outputs(
+                preprocess.REJECTED, main="prepared"))
+        assert_that(result.prepared | beam.Map(lambda image: (
+            image.line, image.image_id, image.content_hash, image.view, image.pixels.shape)), equal_to([
+                (2, image_id("pa.dcm"), hashlib.sha256(data).hexdigest(), "PA", (IMAGE_SIZE, IMAGE_SIZE))]),
+            label="Prepared")
+        assert_that(result[preprocess.REJECTED] | beam.Map(
+            lambda item: (item.line, item.stage, item.kind, item.image_id)), equal_to([
+                (3, "select", "view_not_allowed", image_id("lateral.dcm")),
+                (4, "select", "not_xray", image_id("ct.dcm")),
+                (5, "decode", "image_too_large", image_id("large.dcm")),
+                (6, "read", "missing_file", image_id("missing.dcm")),
+            ]), label="Rejected")
+
+
+def test_an_io_error_other_than_not_found_fails_the_bundle_naming_the_row_not_the_path(beam_pipeline, tmp_path):
+    folder = tmp_path / "Jane-Doe-1961"
+    folder.mkdir()  # a directory listed as an image: an OSError that is not "not found"
+    image_id = splitting.pseudonymous_image_id(PATIENT_KEY, "csv", "Jane-Doe-1961")
+    with pytest.raises(Exception) as raised:
+        with beam_pipeline as pipeline:
+            _ = (pipeline | beam.Create([listed(str(folder), 7)])
+                 | beam.ParDo(preprocess.ReadAndPrepareFn(IMAGE_SIZE, splitting.PatientKey(PATIENT_KEY), FRACTIONS,
+                                                          imaging.DEFAULT_MAX_PIXELS, FRONTAL)))
+    message = str(raised.value)
+    assert "IsADirectoryError" in message and f"the image listed at line 7 of --csv ({image_id})" in message
+    assert "Jane-Doe" not in message
+
+
+def prepared(source: str, line: int, label: str, content: str, patient: str) -> PreparedImage:
+    return PreparedImage(image_id=f"{source}-{line}", patient_key=f"key-{patient}", split="train", label=label,
+                         source=source, view="", pixels=np.zeros((2, 2), np.uint8), content_hash=content,
+                         patient_match_key=patient, listing="--csv" if source == "csv" else "metadata.csv", line=line)
+
+
+def test_duplicates_are_used_once_and_conflicting_listings_not_at_all(beam_pipeline):
+    images = [
+        prepared("csv", 2, "normal", "unique", "A"),
+        prepared("csv", 3, "normal", "twice", "B"), prepared("csv", 4, "normal", "twice", "B"),
+        prepared("csv", 5, "normal", "two-labels", "C"), prepared("csv", 6, "pneumonia", "two-labels", "C"),
+        prepared("csv", 7, "normal", "two-patients", "D"), prepared("csv", 8, "normal", "two-patients", "E"),
+        prepared("covid", 9, "covid19", "two-sources", "F"), prepared("csv", 10, "covid19", "two-sources", "F"),
+    ]
+    with beam_pipeline as pipeline:
+        result = pipeline | beam.Create(images) | preprocess.DropDuplicateImages()
+        assert_that(result.unique | beam.Map(lambda image: (image.source, image.line)), equal_to([
+            ("csv", 2), ("csv", 3), ("covid", 9)]), label="Unique")
+        assert_that(result[preprocess.REJECTED] | beam.Map(
+            lambda item: (item.source, item.line, item.stage, item.kind)), equal_to([("csv", 4, "dedupe", "duplicate"),
+                              ("csv", 5, "dedupe", "duplicate_conflict"), ("csv", 6, "dedupe", "duplicate_conflict"),
+                              ("csv", 7, "dedupe", "duplicate_conflict"), ("csv", 8, "dedupe", "duplicate_conflict"),
+                              ("csv", 10, "dedupe", "duplicate")]), label="Rejected")
+
+
+def test_duplicate_reasons_name_the_conflict_and_the_rows():
+    listings = [preprocess.listing_of(image)[1] for image in (
+        prepared("csv", 5, "normal", "h", "C"), prepared("csv", 6, "pneumonia", "h", "D"))]
+    verdicts = dict(preprocess.duplicate_verdicts("h", listings))
+    reason = ("the same image (identical bytes) is listed 2 times with labels ['normal', 'pneumonia'] and "
+              "2 different patients: csv line 5 of --csv; csv line 6 of --csv")
+    assert verdicts == {("csv", "--csv", 5): ("duplicate_conflict", reason),
+                        ("csv", "--csv", 6): ("duplicate_conflict", reason)}
+    assert dict(preprocess.duplicate_verdicts("h", listings[:1])) == {}

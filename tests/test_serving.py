@@ -36,6 +36,7 @@ GOOD_DICOMS = {  # file name → (label, dicom_writer options)
 }
 GOOD_PNG = "study,3.png"  # A comma, so the CSV writer must quote the uri.
 BAD_FILES = {"garbage.dcm": ("decode", "not_dicom"), "truncated.dcm": ("decode", "truncated_file")}
+PATIENT_KEY = "serving-test-patient-key"
 
 
 def read_prediction_rows(output_path: str) -> dict[str, dict[str, str]]:
@@ -105,7 +106,7 @@ def training_records(studies, tmp_path_factory) -> dict[str, bytes]:
     """The preprocess job's original (augmentation 0) records of labels.csv, by image id."""
     output_dir = str(tmp_path_factory.mktemp("tfrecords"))
     preprocess.run([f"--csv={studies}/labels.csv", f"--output_dir={output_dir}", f"--image_size={IMAGE_SIZE}",
-                    "--augment=normal=1,pneumonia=1,covid19=1"])
+                    "--augment=normal=1,pneumonia=1,covid19=1", f"--patient_key={PATIENT_KEY}"])
     files = glob.glob(os.path.join(output_dir, "*" + contract.TFRECORD_SUFFIX))
     records = {}
     for raw in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
@@ -167,7 +168,7 @@ def test_predictions_equal_the_served_training_records(studies, glob_run, traini
     serving_default = tf.saved_model.load(export_dir).signatures[contract.SERVING_EXAMPLES_SIGNATURE]
 
     for name in GOOD_DICOMS:
-        image_id = splitting.pseudonymous_image_id(preprocess.DEFAULT_PATIENT_KEY, sources.CSV, f"images/{name}")
+        image_id = splitting.pseudonymous_image_id(PATIENT_KEY, sources.CSV, f"images/{name}")
         record = training_records[image_id]
         served = serving_default(**{contract.EXAMPLES_INPUT: tf.constant([record])})["probabilities"].numpy()[0]
 

@@ -1,5 +1,6 @@
 """The three source layouts, read as published, with every unusable row accounted for."""
 
+import codecs
 import csv
 import os
 
@@ -7,8 +8,11 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_pipelines import sources
+from beam_pipelines import sources, splitting
 from beam_pipelines.records import SourceImage
+
+KEY = splitting.PatientKey("test-patient-key-0123456789")
+FRONTAL = sources.parse_allowed_views(sources.DEFAULT_ALLOWED_VIEWS)
 
 
 def write_csv(path, header, rows):
@@ -24,7 +28,7 @@ def read_source(pipeline, location, parse_fn):
     images = result.images | "ImageTuples" >> beam.Map(
         lambda image: (image.patient_id, image.label, os.path.basename(image.image_uri), image.view))
     rejected = result[sources.REJECTED] | "RejectTuples" >> beam.Map(
-        lambda item: (os.path.basename(item.uri), item.stage, item.kind))
+        lambda item: (item.listing, item.line, item.stage, item.kind))
     return images, rejected
 
 
@@ -52,20 +56,20 @@ def rsna_dir(tmp_path):
 
 def test_rsna_gives_one_image_per_patient_and_rejects_the_rest(beam_pipeline, rsna_dir):
     with beam_pipeline as pipeline:
-        images, rejected = read_source(pipeline, rsna_dir, sources.ParseRsnaLabelsFn("exclude"))
+        images, rejected = read_source(pipeline, rsna_dir, sources.ParseRsnaLabelsFn("exclude", KEY))
         assert_that(images, equal_to([
             ("p-normal", "normal", "p-normal.dcm", ""),
             ("p-four-boxes", "pneumonia", "p-four-boxes.dcm", ""),
         ]), label="Images")
         assert_that(rejected, equal_to([
-            ("p-not-normal.dcm", "select", "excluded_not_normal"),
-            ("p-conflict.dcm", "label", "invalid_target"),
+            (sources.RSNA_LABELS_FILE, 7, "select", "excluded_not_normal"),
+            (sources.RSNA_LABELS_FILE, 8, "label", "invalid_target"),
         ]), label="Rejected")
 
 
 def test_rsna_not_normal_can_be_mapped_to_pneumonia(beam_pipeline, rsna_dir):
     with beam_pipeline as pipeline:
-        images, _ = read_source(pipeline, rsna_dir, sources.ParseRsnaLabelsFn("pneumonia"))
+        images, _ = read_source(pipeline, rsna_dir, sources.ParseRsnaLabelsFn("pneumonia", KEY))
         labels = images | beam.MapTuple(lambda patient, label, *_: (patient, label))
         assert_that(labels, equal_to([
             ("p-normal", "normal"), ("p-four-boxes", "pneumonia"), ("p-not-normal", "pneumonia")]))
@@ -103,14 +107,14 @@ def test_covid_2020_header_generation(beam_pipeline, tmp_path):
         covid_2020_row("6", "COVID-19", "Axial", "g.jpg"),
     ])
     with beam_pipeline as pipeline:
-        images, rejected = read_source(pipeline, root, sources.ParseCovidMetadataFn())
+        images, rejected = read_source(pipeline, root, sources.ParseCovidMetadataFn(KEY, FRONTAL))
         assert_that(images, equal_to([
             ("1", "covid19", "a.jpg", "PA"), ("1", "covid19", "b.png", "AP SUPINE"),
             ("2", "pneumonia", "c.jpg", "AP"), ("3", "normal", "d.jpg", "PA"),
         ]), label="Images")
         assert_that(rejected, equal_to([
-            ("e.jpg", "select", "not_frontal"), ("f.jpg", "label", "non_infective_finding"),
-            ("g.jpg", "select", "not_frontal"),
+            ("metadata.csv", 6, "select", "view_not_allowed"), ("metadata.csv", 7, "label", "non_infective_finding"),
+            ("metadata.csv", 8, "select", "view_not_allowed"),
         ]), label="Rejected")
 
 
@@ -129,16 +133,16 @@ def test_covid_later_header_generation(beam_pipeline, tmp_path):
         covid_later_row("18", "Pleural effusion", "PA", "X-ray", "j.jpg"),
     ])
     with beam_pipeline as pipeline:
-        images, rejected = read_source(pipeline, root, sources.ParseCovidMetadataFn())
+        images, rejected = read_source(pipeline, root, sources.ParseCovidMetadataFn(KEY, FRONTAL))
         assert_that(images, equal_to([
             ("10", "covid19", "a.jpg", "PA"), ("10", "covid19", "b.jpg", "AP SEMI ERECT"),
             ("11", "pneumonia", "c.jpg", "AP ERECT"), ("12", "pneumonia", "d.png", "AP"),
             ("13", "normal", "e.png", "PA"),
         ]), label="Images")
         assert_that(rejected, equal_to([
-            ("f.jpg", "select", "not_xray"), ("g.jpg", "select", "unlabelled_finding"),
-            ("h.jpg", "select", "unlabelled_finding"), ("i.jpg", "select", "not_frontal"),
-            ("j.jpg", "label", "unknown_finding"),
+            ("metadata.csv", 7, "select", "not_xray"), ("metadata.csv", 8, "select", "unlabelled_finding"),
+            ("metadata.csv", 9, "select", "unlabelled_finding"), ("metadata.csv", 10, "select", "view_not_allowed"),
+            ("metadata.csv", 11, "label", "unknown_finding"),
         ]), label="Rejected")
 
 
@@ -152,14 +156,15 @@ def test_csv_source_resolves_relative_uris_and_rejects_unknown_labels(beam_pipel
         ["img/e.dcm", "normal", "", ""],
     ])
     with beam_pipeline as pipeline:
-        result = pipeline | sources.ReadSource(path, sources.ParseLabelCsvFn())
+        result = pipeline | sources.ReadSource(path, sources.ParseLabelCsvFn(KEY, FRONTAL))
         assert_that(result.images, equal_to([
-            SourceImage("csv", str(tmp_path / "labels" / "img" / "a.dcm"), "img/a.dcm", "7", "covid19", "PA"),
-            SourceImage("csv", "gs://bucket/b.png", "gs://bucket/b.png", "8", "normal", ""),
-            SourceImage("csv", "/abs/c.jpg", "/abs/c.jpg", "9", "pneumonia", "AP"),
+            SourceImage("csv", str(tmp_path / "labels" / "img" / "a.dcm"), "img/a.dcm", "7", "covid19", "PA",
+                        "--csv", 2),
+            SourceImage("csv", "gs://bucket/b.png", "gs://bucket/b.png", "8", "normal", "", "--csv", 3),
+            SourceImage("csv", "/abs/c.jpg", "/abs/c.jpg", "9", "pneumonia", "AP", "--csv", 4),
         ]), label="Images")
-        assert_that(result[sources.REJECTED] | beam.Map(lambda item: (item.kind, item.stage)), equal_to([
-            ("unknown_label", "label"), ("missing_patient_id", "label")]), label="Rejected")
+        assert_that(result[sources.REJECTED] | beam.Map(lambda item: (item.kind, item.stage, item.line)), equal_to([
+            ("unknown_label", "label", 5), ("missing_patient_id", "label", 6)]), label="Rejected")
 
 
 @pytest.mark.parametrize("finding, expected", [
@@ -178,4 +183,181 @@ def test_source_problems_name_missing_files_and_columns(tmp_path):
     assert problems == [
         f"{tmp_path}/nowhere/stage_2_train_labels.csv does not exist",
         f"{tmp_path}/bad.csv lacks columns ['image_uri', 'patient_id']",
+    ]
+
+
+# Every label row on its own (issue items 1, 4, 8) -----------------------------------------------
+
+def rejected_rows(pipeline, location, parse_fn):
+    """(listing, line, stage, kind) of every rejection, and the reasons, which must not echo ids."""
+    result = pipeline | sources.ReadSource(location, parse_fn)
+    return result, result[sources.REJECTED] | "Where" >> beam.Map(
+        lambda item: (item.listing, item.line, item.stage, item.kind))
+
+
+def test_csv_rows_with_wrong_fields_unknown_labels_or_placeholder_patients_are_rejected_by_line(
+        beam_pipeline, tmp_path):
+    path = tmp_path / "own.csv"
+    path.write_text("image_uri,label,patient_id\n"
+                    "img/ok.png,normal,patient-A\n"
+                    "img/two-fields.png,normal\n"
+                    "\n"
+                    "img/four.png,normal,patient-B,extra\n"
+                    "img/flu.png,influenza-x,patient-C\n"
+                    "img/empty.png,normal,\n"
+                    "img/nan.png,pneumonia,nan\n"
+                    "img/null.png,pneumonia,NULL\n"
+                    "img/none.png,covid19, None \n"
+                    ",normal,patient-D\n"
+                    ",,\n")
+    with beam_pipeline as pipeline:
+        result, rejected = rejected_rows(pipeline, str(path), sources.ParseLabelCsvFn(KEY, FRONTAL))
+        assert_that(result.images | beam.Map(lambda image: (image.image_key, image.line)),
+                    equal_to([("img/ok.png", 2)]), label="Images")
+        assert_that(rejected, equal_to([
+            ("--csv", 3, "label", "wrong_field_count"), ("--csv", 5, "label", "wrong_field_count"),
+            ("--csv", 6, "label", "unknown_label"), ("--csv", 7, "label", "missing_patient_id"),
+            ("--csv", 8, "label", "missing_patient_id"), ("--csv", 9, "label", "missing_patient_id"),
+            ("--csv", 10, "label", "missing_patient_id"), ("--csv", 11, "label", "missing_image"),
+        ]), label="Rejected")
+        assert_that(result[sources.REJECTED] | "Texts" >> beam.Map(lambda item: item.to_json()),
+                    lambda lines: _assert_no_identifier(lines, ["patient-", "img/", str(tmp_path)]),
+                    label="NoIdentifiers")
+
+
+def _assert_no_identifier(lines, identifiers):
+    assert lines
+    for line in lines:
+        assert not [identifier for identifier in identifiers if identifier in line], line
+
+
+def test_rsna_rows_are_judged_one_by_one(beam_pipeline, tmp_path):
+    root = tmp_path / "rsna"
+    root.mkdir()
+    (root / sources.RSNA_LABELS_FILE).write_text(
+        "patientId,x,y,width,height,Target\n"
+        "p-normal,,,,,0\n"
+        "p-no-target,,,,\n"
+        "nan,,,,,1\n"
+        "p-pneumonia,1,2,3,4,1\n"
+        "p-not-in-class-info,,,,,0\n"
+        "p-pneumonia-not-in-class-info,1,2,3,4,1\n")
+    (root / sources.RSNA_CLASS_INFO_FILE).write_text(
+        "patientId,class\n"
+        "p-normal,Normal\n"
+        "p-no-target,Normal\n"
+        "p-pneumonia,Lung Opacity\n"
+        "p-broken\n")
+    with beam_pipeline as pipeline:
+        result, rejected = rejected_rows(pipeline, str(root), sources.ParseRsnaLabelsFn("exclude", KEY))
+        assert_that(result.images | beam.Map(lambda image: (image.patient_id, image.label, image.line)), equal_to([
+            ("p-normal", "normal", 2), ("p-pneumonia", "pneumonia", 5),
+            ("p-pneumonia-not-in-class-info", "pneumonia", 7)]), label="Images")
+        assert_that(rejected, equal_to([
+            (sources.RSNA_LABELS_FILE, 3, "label", "wrong_field_count"),
+            (sources.RSNA_LABELS_FILE, 4, "label", "missing_patient_id"),
+            (sources.RSNA_LABELS_FILE, 6, "label", "missing_detailed_class"),
+            (sources.RSNA_CLASS_INFO_FILE, 5, "label", "wrong_field_count"),
+        ]), label="Rejected")
+
+
+def test_covid_rows_without_a_patient_are_rejected_not_merged(beam_pipeline, tmp_path):
+    root = str(tmp_path / "covid")
+    write_csv(f"{root}/metadata.csv", COVID_LATER_HEADER, [
+        covid_later_row("", "COVID-19", "PA", "X-ray", "a.jpg"),
+        covid_later_row("", "COVID-19", "PA", "X-ray", "b.jpg"),
+        covid_later_row("nan", "No Finding", "PA", "X-ray", "c.jpg"),
+        covid_later_row("7", "No Finding", "PA", "X-ray", ""),
+        covid_later_row("8", "No Finding", "PA", "X-ray", "d.jpg")[:5],
+        covid_later_row("9", "No Finding", "PA", "X-ray", "e.jpg"),
+    ])
+    with beam_pipeline as pipeline:
+        result, rejected = rejected_rows(pipeline, root, sources.ParseCovidMetadataFn(KEY, FRONTAL))
+        assert_that(result.images | beam.Map(lambda image: image.patient_id), equal_to(["9"]), label="Images")
+        assert_that(rejected, equal_to([
+            ("metadata.csv", 2, "label", "missing_patient_id"), ("metadata.csv", 3, "label", "missing_patient_id"),
+            ("metadata.csv", 4, "label", "missing_patient_id"), ("metadata.csv", 5, "label", "missing_image"),
+            ("metadata.csv", 6, "label", "wrong_field_count")]), label="Rejected")
+
+
+def test_views_outside_the_allowed_ones_are_rejected_for_csv_sources(beam_pipeline, tmp_path):
+    path = tmp_path / "own.csv"
+    path.write_text("image_uri,label,patient_id,view\n"
+                    "a.png,normal,1,PA\nb.png,normal,2,L\nc.png,normal,3,ll\nd.png,normal,4,Lateral\n"
+                    "e.png,normal,5,\nf.png,normal,6,rl\n")
+    with beam_pipeline as pipeline:
+        result, rejected = rejected_rows(pipeline, str(path), sources.ParseLabelCsvFn(
+            KEY, sources.parse_allowed_views("PA, ll")))
+        assert_that(result.images | beam.Map(lambda image: (image.image_key, image.view)), equal_to([
+            ("a.png", "PA"), ("c.png", "LL"), ("e.png", "")]), label="Images")
+        assert_that(rejected, equal_to([("--csv", line, "select", "view_not_allowed") for line in (3, 5, 7)]),
+                    label="Rejected")
+
+
+@pytest.mark.parametrize("view, modality, expected", [
+    ("PA", "CR", None), ("AP", "DX", None), ("", "", None),
+    ("LL", "CR", "view_not_allowed"), ("LATERAL", "DX", "view_not_allowed"), ("RL", "", "view_not_allowed"),
+    ("PA", "CT", "not_xray"), ("", "MR", "not_xray"),
+])
+def test_dicom_header_views_and_modalities(view, modality, expected):
+    problem = sources.header_problem(view, modality, FRONTAL)
+    assert (problem[0] if problem else None) == expected
+
+
+# Label files that cannot be read row by row fail before the job starts -------------------------
+
+def test_a_non_utf8_byte_deep_in_a_file_is_found_before_launch(tmp_path):
+    path = tmp_path / "own.csv"
+    rows = "".join(f"img/{index}.png,normal,patient-{index}\n" for index in range(2000))
+    path.write_bytes(b"image_uri,label,patient_id\n" + rows.encode() + "img/x.png,normal,Jos\xe9\n".encode("latin-1"))
+    assert sources.source_problems(None, None, str(path)) == [
+        f"{path} is not valid UTF-8: byte 0xe9 on line 2002; save it as UTF-8"]
+
+
+def test_a_utf16_file_is_named_before_launch(tmp_path):
+    path = tmp_path / "own.csv"
+    path.write_bytes(codecs.BOM_UTF16_LE + "image_uri,label,patient_id\na.png,normal,1\n".encode("utf-16-le"))
+    assert sources.source_problems(None, None, str(path)) == [f"{path} is UTF-16 text; save it as UTF-8"]
+
+
+def test_a_utf8_bom_is_fine(tmp_path):
+    path = tmp_path / "own.csv"
+    path.write_bytes(codecs.BOM_UTF8 + b"image_uri,label,patient_id\na.png,normal,1\n")
+    assert sources.source_problems(None, None, str(path)) == []
+    assert sources.read_label_file(str(path)).header == ("image_uri", "label", "patient_id")
+
+
+@pytest.mark.parametrize("text, opened_on", [
+    ('image_uri,label,patient_id\na.png,normal,1\nb.png,"normal,2\nc.png,normal,3\nd.png,normal,4\n', 3),
+    ('image_uri,label,patient_id\na.png,"normal",1\nb.png,"pneumonia,2\nc.png,normal,3\n"e.png",normal,5\n', 3),
+])
+def test_an_unclosed_quote_that_swallows_rows_fails_before_launch(tmp_path, text, opened_on):
+    path = tmp_path / "own.csv"
+    path.write_text(text)
+    [problem] = sources.source_problems(None, None, str(path))
+    assert problem.startswith(f"{path}: a quote opened in the row starting on line {opened_on} is not closed")
+
+
+def test_a_quoted_line_break_in_free_text_is_kept(tmp_path):
+    root = tmp_path / "covid"
+    row = covid_later_row("1", "COVID-19", "PA", "X-ray", "a.jpg")
+    row[COVID_LATER_HEADER.index("clinical_notes")] = "cough, fever\nday 3: worse, admitted"
+    write_csv(str(root / "metadata.csv"), COVID_LATER_HEADER, [row, covid_later_row("2", "No Finding", "PA",
+                                                                                      "X-ray", "b.jpg")])
+    assert sources.source_problems(None, str(root), None) == []
+    rows = sources.read_label_file(str(root / "metadata.csv")).rows
+    assert [row.line for row in rows] == [2, 4]
+
+
+def test_every_label_file_has_its_columns_checked_before_launch(tmp_path):
+    rsna = tmp_path / "rsna"
+    rsna.mkdir()
+    (rsna / sources.RSNA_LABELS_FILE).write_text("patientId,x,y,width,height\np,,,,\n")
+    (rsna / sources.RSNA_CLASS_INFO_FILE).write_text("patientId,klass\np,Normal\n")
+    covid = tmp_path / "covid"
+    write_csv(str(covid / "metadata.csv"), ["PatientID", "finding", "view"], [["1", "COVID-19", "PA"]])
+    assert sources.source_problems(str(rsna), str(covid), None) == [
+        f"{rsna}/{sources.RSNA_LABELS_FILE} lacks columns ['Target']",
+        f"{rsna}/{sources.RSNA_CLASS_INFO_FILE} lacks columns ['class']",
+        f"{covid}/metadata.csv lacks columns ['filename']",
     ]

@@ -44,3 +44,49 @@ def test_zero_fraction_splits_get_nobody():
 def test_bad_split_flags_are_refused(text):
     with pytest.raises(ValueError, match="--split"):
         splitting.parse_split(text)
+
+
+# The patient key: no default, inline or from a file --------------------------------------------
+
+SECRET = "a-test-key-with-enough-characters"
+
+
+def test_a_key_file_is_read_and_stripped(tmp_path):
+    path = tmp_path / "patient_key"
+    path.write_text(SECRET + "\n")
+    key = splitting.PatientKey(path=str(path))
+    assert splitting.patient_key_problem(key) is None
+    assert key.load() == SECRET
+    assert splitting.PatientKey(value=SECRET).load() == SECRET
+
+
+@pytest.mark.parametrize("value, file_text, message", [
+    ("", None, "no patient key: pass --patient_key SECRET or --patient_key_file FILE"),
+    (SECRET, SECRET, "give either --patient_key or --patient_key_file, not both"),
+    ("short", None, "--patient_key: the patient key has 5 characters; use at least 16"),
+    ("", "short\n", "--patient_key_file: the patient key has 5 characters"),
+])
+def test_unusable_keys_are_refused_naming_the_flags(tmp_path, value, file_text, message):
+    path = ""
+    if file_text is not None:
+        path = str(tmp_path / "patient_key")
+        (tmp_path / "patient_key").write_text(file_text)
+    problem = splitting.patient_key_problem(splitting.PatientKey(value=value, path=path))
+    assert problem and problem.startswith(message)
+
+
+def test_a_missing_key_file_is_named(tmp_path):
+    problem = splitting.patient_key_problem(splitting.PatientKey(path=str(tmp_path / "nowhere")))
+    assert problem.startswith(f"--patient_key_file {tmp_path}/nowhere cannot be read")
+
+
+def test_the_fingerprint_tells_keys_apart_without_revealing_them():
+    fingerprint = splitting.key_fingerprint(SECRET)
+    assert fingerprint == splitting.key_fingerprint(SECRET) != splitting.key_fingerprint(SECRET + "x")
+    assert SECRET not in fingerprint and len(fingerprint) == splitting.KEY_FINGERPRINT_CHARACTERS
+
+
+def test_the_match_key_ignores_the_source_but_not_the_id():
+    assert splitting.patient_match_key("k", "p1") == splitting.patient_match_key("k", "p1")
+    assert splitting.patient_match_key("k", "p1") != splitting.patient_match_key("k", "p2")
+    assert splitting.patient_match_key("k", "p1") != splitting.pseudonymous_patient_id("k", "rsna", "p1")
