@@ -15,14 +15,15 @@ import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from beam_pipelines import contract, imaging, manifest, preprocess, sources, tfrecord_shards
+from beam_pipelines import contract, imaging, manifest, preprocess, sources, splitting, tfrecord_shards
 from beam_pipelines.records import PreparedImage, Rejection, SourceImage
 from beam_pipelines.synthesize import phantom
 from serving import batch_predict
 
 IMAGE_SIZE = 32
 FRACTIONS = {"train": 1.0, "val": 0.0, "test": 0.0}
-KEY = "transform-test-key"
+KEY = splitting.PatientKey(value="transform-test-key-of-enough-length")
+VIEWS = sources.parse_allowed_views(sources.DEFAULT_ALLOWED_VIEWS)
 
 
 def chest_png(tmp_path, name: str, label: str = "normal") -> str:
@@ -52,7 +53,8 @@ def test_read_and_prepare_decodes_good_files_and_rejects_the_rest(beam_pipeline,
     with beam_pipeline as pipeline:
         results = (pipeline
                    | beam.Create(listed)
-                   | beam.ParDo(preprocess.ReadAndPrepareFn(IMAGE_SIZE, KEY, FRACTIONS)).with_outputs(
+                   | beam.ParDo(preprocess.ReadAndPrepareFn(
+                       IMAGE_SIZE, KEY, FRACTIONS, imaging.DEFAULT_MAX_PIXELS, VIEWS)).with_outputs(
                        preprocess.REJECTED, main="prepared"))
         assert_that(results.prepared | beam.Map(lambda image: (image.split, image.label, image.pixels.shape)),
                     equal_to([("train", "normal", (IMAGE_SIZE, IMAGE_SIZE))]), label="Prepared")
@@ -104,7 +106,8 @@ def test_manifest_writer_writes_the_counts_it_is_given(beam_pipeline, tmp_path):
             "examples": [(("train", "normal"), 4), (("val", "normal"), 1), (("test", "covid19"), 1)],
             "rejected": [("read/missing_file", 1)],
             "shards": [{"split": "train", "file": contract.shard_name("train", 0, 1), "records": 4, "bytes": 9}],
-            "rejected_files": ["rejected-00000-of-00001.jsonl"]}.items()}
+            "rejected_files": ["rejected-00000-of-00001.jsonl"],
+            "notes": [("invalid_voi_window", 1)]}.items()}
         written = (pipeline
                    | "Seed" >> beam.Create([None])
                    | beam.ParDo(manifest.WriteManifestFn(str(tmp_path), {"image_size": IMAGE_SIZE}),
@@ -119,6 +122,7 @@ def test_manifest_writer_writes_the_counts_it_is_given(beam_pipeline, tmp_path):
         on_disk = json.load(handle)
     assert on_disk["examples"]["train"] == {"normal": 4, "pneumonia": 0, "covid19": 0}
     assert on_disk["rejected"] == {"read/missing_file": 1}
+    assert on_disk["notes"] == {"invalid_voi_window": 1}
     assert any("pneumonia" in warning and "val" in warning for warning in on_disk["warnings"])
 
 
@@ -126,7 +130,7 @@ def test_list_sources_flattens_every_configured_source(beam_pipeline, tmp_path):
     listing = tmp_path / "labels.csv"
     listing.write_text("image_uri,label,patient_id\na.png,normal,p1\nb.png,covid19,p2\nc.png,flu,p3\n")
     with beam_pipeline as pipeline:
-        listed = pipeline | preprocess.ListSources(None, None, str(listing), "exclude")
+        listed = pipeline | preprocess.ListSources(None, None, str(listing), "exclude", KEY, VIEWS)
         assert_that(listed["images"] | beam.Map(lambda image: image.label), equal_to(["normal", "covid19"]),
                     label="Images")
         assert_that(listed[preprocess.REJECTED] | beam.Map(lambda rejection: rejection.stage), equal_to(["label"]),
@@ -182,8 +186,10 @@ def test_prediction_reader_encodes_what_training_decodes_and_rejects_the_rest(be
 
 
 def test_rejections_serialise_to_one_json_object():
-    rejection = Rejection("csv-1", sources.CSV, "decode", "not_an_image", "not a readable image")
-    assert json.loads(rejection.to_json()) == {"uri": "csv-1", "source": sources.CSV, "stage": "decode",
+    rejection = Rejection(source=sources.CSV, stage="decode", kind="not_an_image", reason="not a readable image",
+                          image_id="csv-1", listing="labels.csv", line=3)
+    assert json.loads(rejection.to_json()) == {"image_id": "csv-1", "listing": "labels.csv", "line": 3,
+                                               "source": sources.CSV, "stage": "decode",
                                                "kind": "not_an_image", "reason": "not a readable image"}
     assert rejection.counter_key == "decode/not_an_image"
 
