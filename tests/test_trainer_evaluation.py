@@ -232,6 +232,9 @@ def test_degenerate_cases_have_no_interval():
     assert covid19["intervals"]["sensitivity"] is None and covid19["intervals"]["roc_auc"] is None
     assert covid19["intervals"]["ppv"] is None  # Never predicted.
     assert intervals.percentile_interval(np.full(5, np.nan)) is None
+    labels, probabilities, patients = scored_split()
+    unbootstrapped = evaluation.classification_metrics(labels, probabilities, patients, resamples=0)
+    assert unbootstrapped["macro"]["intervals"]["roc_auc"] is None and unbootstrapped["macro"]["roc_auc"] > 0.5
 
 
 def test_classes_with_fewer_than_30_patients_are_flagged():

@@ -148,7 +148,8 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, patien
     """Accuracy, per-class and macro figures with their 95% intervals, and the confusion matrix, JSON-ready.
 
     Classes are predicted by `rule` (default: argmax); ROC-AUC uses the model's
-    probabilities as they are. `patients` [N] are the bootstrap's resampling unit.
+    probabilities as they are. `patients` [N] are the bootstrap's resampling unit;
+    `resamples=0` skips the bootstrap (its intervals are None), e.g. after every epoch.
     """
     labels = np.asarray(labels)
     probabilities = np.asarray(probabilities)
@@ -314,9 +315,12 @@ def select_best_epoch(history: Sequence[Mapping], metric: str = "macro_roc_auc",
 
 def _bootstrap_intervals(labels: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray,
                          patients: np.ndarray, resamples: int, seed: int) -> dict:
-    """Patient-level bootstrap intervals of per-class F1 and ROC-AUC and of every macro figure."""
+    """Patient-level bootstrap intervals of per-class F1 and ROC-AUC and of every macro figure.
+
+    None with fewer than two patients, or with `resamples` 0 (cheap per-epoch figures).
+    """
     num_classes = contract.NUM_CLASSES
-    if len(np.unique(patients)) < 2:
+    if resamples < 1 or len(np.unique(patients)) < 2:
         return {"per_class": {metric: [None] * num_classes for metric in ("f1", "roc_auc")},
                 "macro": {metric: None for metric in CLASS_METRICS}}
     samples: dict[str, list[np.ndarray]] = {metric: [] for metric in CLASS_METRICS}
