@@ -1,4 +1,4 @@
-"""Decode, normalise and resize one chest X-ray: the single implementation.
+"""Decode, normalise, frame and resize one chest X-ray: the single implementation.
 
 The preprocess job, batch prediction and single-study prediction all call
 `preprocess_image`, so a model sees at serving time exactly the pixels it saw in
@@ -19,8 +19,11 @@ Truncation is read from the data (pixel bytes present against pixel bytes declar
 never from captured warnings, so decoding is thread-safe and the same in every
 running mode.
 
-Aspect ratio: the image is padded with black to a centred square, then resized,
-so nothing of the lung fields is cropped and nothing is stretched.
+Framing (`frame_body`): uniform borders are trimmed, then the body is centre-cropped
+to a square of its shorter side, then resized. Black padding to a square, the former
+rule, marked every non-square source with black bars, a cue a model learns instead
+of the disease (DeGrave, Janizek and Lee, Nature Machine Intelligence, 2021); any
+padding (black, mean, replicated edges) leaves such a band, cropping leaves none.
 """
 
 import dataclasses
@@ -40,6 +43,12 @@ DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
 SCALE_PERCENTILES = (0.5, 99.5)
 PERCENTILE_SAMPLE_SIDE = 256  # percentiles from a strided sample of about 256² pixels
+BORDER_TOLERANCE_LEVELS = 10  # of 255: a border line's pixels lie this close to its colour
+BORDER_COVERAGE = 0.97  # share of a line that must match; the rest may be text, arrows, noise
+BORDER_LINE_SAMPLES = 512  # pixels sampled along each line (stride), enough to see a body
+BORDER_GAP_FRACTION = 0.04  # marks in a margin (a panel letter, an arrow) up to this share of a side
+MAX_TRIM_PASSES = 3  # nested frames: page margin, rule, image border
+MIN_BODY_FRACTION = 0.2  # below this share of a side left, the "border" was the image itself
 
 DEFAULT_MAX_MEGAPIXELS = 50.0
 # Pixel-data bytes allowed per pixel of the limit: a 16-bit grayscale or 8-bit RGBA frame
@@ -116,7 +125,7 @@ def preprocess_image(data: bytes, image_size: int, uri: str = "",
         decoded = _decode_dicom(data, image_size, max_pixels)
     else:
         decoded = DecodedImage(pixels=_decode_bitmap(data, image_size, max_pixels))
-    return dataclasses.replace(decoded, pixels=fit_square(decoded.pixels, image_size))
+    return dataclasses.replace(decoded, pixels=resize_square(frame_body(decoded.pixels), image_size))
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -126,18 +135,84 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def fit_square(gray: np.ndarray, image_size: int) -> np.ndarray:
-    """Pads to a centred square with black, then resizes to `image_size`²."""
+def frame_body(gray: np.ndarray) -> np.ndarray:
+    """Trims uniform borders, then centre-crops to a square of the shorter side.
+
+    The same rule for every source, so a letterboxed or framed paper figure and a
+    square DICOM of the same chest come out alike. Cropping rather than padding: a
+    pad of any colour is a band whose size depends on the source's aspect ratio;
+    a crop removes only periphery (shoulders, arms, upper abdomen for a typical
+    frontal film), as torchxrayvision's `XRayCenterCrop` does.
+    """
+    top, left, side = body_square(gray)
+    return np.ascontiguousarray(gray[top:top + side, left:left + side])
+
+
+def body_square(gray: np.ndarray) -> tuple[int, int, int]:
+    """(top, left, side) of the square `frame_body` keeps: centred in `body_box`."""
+    top, bottom, left, right = body_box(gray)
+    height, width = bottom - top, right - left
+    side = min(height, width)
+    return top + (height - side) // 2, left + (width - side) // 2, side
+
+
+def body_box(gray: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the image inside its uniform borders.
+
+    A border line (row or column) is one where at least `BORDER_COVERAGE` of the
+    pixels lie within `BORDER_TOLERANCE_LEVELS` of the colour of the outermost line
+    on that side: black or white frames, letterboxing, padding, flat air outside the
+    body, with room for noise or JPEG ringing. The body starts at the first
+    `BORDER_GAP_FRACTION` of a side of consecutive non-border lines, so a panel
+    letter or an arrow in a margin does not stop the trim. Each edge is trimmed,
+    then again for nested frames (a page margin around a rule around the image).
+    The tolerance is in 8-bit levels, not relative to the image's contrast, so
+    adding a border cannot change what is trimmed inside it. When less than
+    `MIN_BODY_FRACTION` of a side would remain (a blank or near-flat image) nothing
+    is trimmed.
+    """
     height, width = gray.shape
-    side = max(height, width)
-    if height != width:
-        padded = np.zeros((side, side), dtype=np.uint8)
-        top, left = (side - height) // 2, (side - width) // 2
-        padded[top:top + height, left:left + width] = gray
-        gray = padded
-    if side == image_size:
-        return np.ascontiguousarray(gray)
-    resized = Image.fromarray(gray, mode="L").resize(
+    stride = max(1, max(height, width) // BORDER_LINE_SAMPLES)
+    top, bottom, left, right = 0, height, 0, width
+    for _ in range(MAX_TRIM_PASSES):
+        region = gray[top:bottom, left:right]
+        top_run, bottom_run = _border_runs(region[:, ::stride])
+        left_run, right_run = _border_runs(region[::stride].T)
+        if not top_run + bottom_run + left_run + right_run:
+            break
+        top, bottom, left, right = top + top_run, bottom - bottom_run, left + left_run, right - right_run
+        if bottom - top < MIN_BODY_FRACTION * height or right - left < MIN_BODY_FRACTION * width:
+            return 0, height, 0, width
+    return top, bottom, left, right
+
+
+def _border_runs(lines: np.ndarray) -> tuple[int, int]:
+    """How many of the first and of the last `lines` (rows of a 2-D array) are border."""
+    gap = max(2, round(BORDER_GAP_FRACTION * len(lines)))
+
+    def run(ordered: np.ndarray) -> int:
+        """Lines before the body, which starts at the first `gap` consecutive non-border lines."""
+        colour = int(np.median(ordered[0]))
+        is_border = np.empty(0, dtype=bool)
+        block = 2 * gap
+        while len(is_border) < len(ordered):  # Growing blocks: a frameless side costs one small block.
+            block_lines = ordered[len(is_border):len(is_border) + block].astype(np.int16)
+            matching = (np.abs(block_lines - colour) <= BORDER_TOLERANCE_LEVELS).mean(axis=1)
+            is_border = np.concatenate([is_border, matching >= BORDER_COVERAGE])
+            non_border_in_window = np.convolve(~is_border, np.ones(gap, dtype=int), mode="valid")
+            if (body_starts := np.flatnonzero(non_border_in_window == gap)).size:
+                return int(body_starts[0])
+            block *= 2
+        return len(ordered)
+
+    return run(lines), run(lines[::-1])
+
+
+def resize_square(square: np.ndarray, image_size: int) -> np.ndarray:
+    """Resizes a square uint8 image to `image_size`² (bilinear with area pre-reduction)."""
+    if square.shape[0] == image_size:
+        return np.ascontiguousarray(square)
+    resized = Image.fromarray(square, mode="L").resize(
         (image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=3.0)
     return np.asarray(resized, dtype=np.uint8)
 

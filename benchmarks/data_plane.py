@@ -182,6 +182,8 @@ def stage_costs(rows: list[dict], image_size: int, samples: int = 60) -> dict[st
         return np.asarray(image.convert("L"))
 
     full_size = [pillow_full(frame) for frame in frames[:10]]
+    decoded = [pillow_draft(frame) for frame in frames]
+    letterboxed = [np.pad(pixels, ((0, 0), (288, 288))) for pixels in full_size]  # A 1024×1600 paper figure.
     prepared = [imaging.preprocess_image(data, image_size).pixels for data in files]
     fields = example_codec.ExampleFields("normal", "csv-x", "csv", "PA", "ab" * 32)
     return {
@@ -194,8 +196,11 @@ def stage_costs(rows: list[dict], image_size: int, samples: int = 60) -> dict[st
                                                   number_of_frames=1), files),
         "our decode + normalise + resize (preprocess_image)": _median_ms(
             lambda data: imaging.preprocess_image(data, image_size), files),
+        "framing (frame_body: trim uniform borders, centre square) of the decoded image": _median_ms(
+            imaging.frame_body, decoded),
+        "framing of a full-size 1024×1600 letterboxed figure": _median_ms(imaging.frame_body, letterboxed),
         "resize alone, full 1024² → image size (slow path)": _median_ms(
-            lambda pixels: imaging.fit_square(pixels, image_size), full_size),
+            lambda pixels: imaging.resize_square(pixels, image_size), full_size),
         "augment one copy": _median_ms(lambda pixels: augmentation.augment(pixels, 1, "id", 1), prepared),
         "PNG encode + tf.Example serialize": _median_ms(
             lambda pixels: example_codec.serialize_example(pixels, fields), prepared),

@@ -27,7 +27,7 @@ from trainer import features
 from trainer import model as model_lib
 
 IMAGE_SIZE = 64
-STUDY_SIDE = (160, 136)  # Not square, so the padding to a square is part of what is compared.
+STUDY_SIDE = (160, 136)  # Not square, so the framing to a square is part of what is compared.
 GOOD_DICOMS = {  # file name → (label, dicom_writer options)
     "study-0.dcm": ("normal", {}),
     "study-1.dcm": ("pneumonia", {"transfer_syntax": "explicit_le", "bits_stored": 12, "photometric": "MONOCHROME1"}),

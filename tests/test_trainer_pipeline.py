@@ -104,12 +104,37 @@ def test_eval_dataset_reads_originals_once_in_a_fixed_order(data_dir):
 
     dataset = input_pipeline.eval_dataset(split, IMAGE_SIZE, batch_size=5, num_workers=1)
 
-    first = np.concatenate([np.argmax(labels.numpy(), axis=-1) for _, labels, _ in dataset])
-    second = np.concatenate([np.argmax(labels.numpy(), axis=-1) for _, labels, _ in dataset])
+    first = np.concatenate([np.argmax(labels.numpy(), axis=-1) for _, labels, _, _ in dataset])
+    second = np.concatenate([np.argmax(labels.numpy(), axis=-1) for _, labels, _, _ in dataset])
     assert len(first) == 24  # 8 originals per class, copies skipped, last batch kept.
     np.testing.assert_array_equal(first, second)
-    sources = np.concatenate([sources.numpy() for _, _, sources in dataset])
+    sources = np.concatenate([sources.numpy() for _, _, sources, _ in dataset])
     assert set(sources.tolist()) == {synthetic_records.SOURCE.encode()}
+    patients = np.concatenate([patients.numpy() for _, _, _, patients in dataset])
+    assert len(patients) == 24 and all(patients)
+
+
+def record_images(split: input_pipeline.SplitData) -> np.ndarray:
+    """Every record's model input, unaugmented, as the eval reader decodes it."""
+    dataset = tf.data.TFRecordDataset(list(split.shards), compression_type=contract.TFRECORD_COMPRESSION)
+    return np.stack([features.decode_image(tf.io.parse_single_example(record, features.parse_spec())
+                                           [contract.IMAGE_ENCODED], IMAGE_SIZE).numpy() for record in dataset])
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_train_images_are_augmented_only_when_asked(data_dir, augment):
+    split = input_pipeline.inspect_data(data_dir, IMAGE_SIZE)["train"]
+    originals = record_images(split).reshape(split.num_examples, -1)
+
+    images, _ = next(iter(input_pipeline.train_dataset(split, IMAGE_SIZE, 8, num_workers=1, seed=1,
+                                                       augment=augment)))
+
+    images = images.numpy().reshape(8, -1)
+    nearest = np.abs(images[:, np.newaxis] - originals[np.newaxis]).mean(axis=-1).min(axis=1)
+    if augment:
+        assert (nearest > 1.0).all(), "each image is transformed"
+    else:
+        np.testing.assert_array_equal(nearest, 0.0)  # Each image is a record's, untouched.
 
 
 @pytest.mark.parametrize("workers, policy", [(2, tf.data.experimental.AutoShardPolicy.FILE),

@@ -18,7 +18,7 @@ from PIL import Image
 
 from beam_pipelines import contract
 from beam_pipelines.synthesize import records as synthetic_records
-from trainer import distribution, features, input_pipeline, model, train
+from trainer import distribution, evaluation, features, input_pipeline, model, train
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = 32
@@ -62,7 +62,8 @@ def test_two_replica_run_writes_every_output(two_replica_run):
         assert set(metrics[split]["per_class"]) == set(contract.CLASS_NAMES)
         assert metrics[split]["by_source"][synthetic_records.SOURCE]["num_examples"] == 12
         assert 0.0 <= metrics[split]["macro"]["f1"] <= 1.0
-        assert f"{split:<6} macro" in completed.stdout  # The printed table.
+    assert evaluation.VAL_HEADING in completed.stdout  # The printed report, test once and apart.
+    assert completed.stdout.count(evaluation.TEST_HEADING) == 1
     for figure in ("confusion_matrix.png", "roc.png"):
         with Image.open(os.path.join(job_dir, "eval", figure)) as image:
             assert image.format == "PNG"

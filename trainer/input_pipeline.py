@@ -16,6 +16,7 @@ from google.protobuf import message as protobuf_message
 
 from beam_pipelines import contract
 from trainer import features
+from trainer.augment import augment_images
 
 SHUFFLE_BUFFER_RECORDS = 4096  # Serialized records (~10 KB each at 128²); spans many augmented copies.
 MAX_PARALLEL_READS = 16
@@ -129,8 +130,12 @@ def validate_record(serialized: bytes, image_size: int) -> None:
 
 
 def train_dataset(split: SplitData, image_size: int, global_batch_size: int,
-                  num_workers: int, seed: int) -> tf.data.Dataset:
-    """Endless, shuffled (image, one-hot label) batches of `global_batch_size`."""
+                  num_workers: int, seed: int, augment: bool = True) -> tf.data.Dataset:
+    """Endless, shuffled (image, one-hot label) batches of `global_batch_size`.
+
+    With `augment`, each batch goes through `augment_images` (trainer/augment.py);
+    nothing else augments: val, test and serving read the images as they are.
+    """
     files = tf.data.Dataset.from_tensor_slices(list(split.shards))
     files = files.shuffle(len(split.shards), seed=seed, reshuffle_each_iteration=True)
     records = _interleave_records(files, len(split.shards), deterministic=False)
@@ -138,18 +143,33 @@ def train_dataset(split: SplitData, image_size: int, global_batch_size: int,
     dataset = records.map(lambda record: _image_and_label(_parse(record), image_size),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     dataset = dataset.batch(global_batch_size, drop_remainder=True)
+    if augment:
+        dataset = _augmented(dataset, seed)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(
         _options(len(split.shards), num_workers, deterministic=False))
+
+
+def _augmented(batches: tf.data.Dataset, seed: int) -> tf.data.Dataset:
+    """Batch number `step` is augmented with the stateless seed (seed, step): new every step, reproducible.
+
+    The step comes from `scan`, not from zipping a counter, so the dataset keeps a
+    single (file) source that multi-worker auto-sharding can split.
+    """
+    numbered = batches.scan(tf.constant(0, tf.int64), lambda step, batch: (step + 1, (step, batch)))
+    return numbered.map(
+        lambda step, batch: (augment_images(batch[0], tf.stack([tf.constant(seed, tf.int64), step])), batch[1]),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
 
 
 def eval_dataset(split: SplitData, image_size: int, batch_size: int, num_workers: int) -> tf.data.Dataset:
     """One pass over the originals (`image/augmentation == 0`) in a fixed order, last batch kept.
 
-    Elements are (images, one-hot labels, `image/source` strings): evaluation breaks its
-    figures down by source, where a model that recognises the source shows itself.
+    Elements are (images, one-hot labels, `image/source` strings, `patient/id` strings):
+    evaluation breaks its figures down by source, where a model that recognises the
+    source shows itself, and resamples patients, not images, for its intervals.
     """
     with_source = _original_records(split).map(
-        lambda record: (*_image_and_label(record, image_size), record[contract.SOURCE]),
+        lambda record: (*_image_and_label(record, image_size), record[contract.SOURCE], record[contract.PATIENT_ID]),
         num_parallel_calls=tf.data.AUTOTUNE)
     return with_source.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(
         _options(len(split.shards), num_workers, deterministic=True))

@@ -20,13 +20,21 @@ HEAT = (31, 119, 180)
 CURVE_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40))
 
 
-def confusion_matrices(matrices: dict[str, np.ndarray], class_names: tuple[str, ...]) -> bytes:
-    """Counts and row percentages (sensitivity on the diagonal), shaded by row fraction."""
-    return _side_by_side([_confusion_panel(split, matrix, class_names) for split, matrix in matrices.items()])
+def confusion_matrices(matrices: dict[str, np.ndarray], class_names: tuple[str, ...],
+                       captions: dict[str, str] | None = None) -> bytes:
+    """Counts and row percentages (sensitivity on the diagonal), shaded by row fraction.
+
+    `captions` adds lines under each split's matrix (e.g. the accuracy and its interval).
+    """
+    return _side_by_side([_confusion_panel(split, matrix, class_names, (captions or {}).get(split, ""))
+                          for split, matrix in matrices.items()])
 
 
-def roc_curves(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray, float | None]]]) -> bytes:
-    """One-vs-rest ROC curves: {split: {class: (false positive rates, true positive rates, auc)}}."""
+def roc_curves(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray, str]]]) -> bytes:
+    """One-vs-rest ROC curves: {split: {class: (false positive rates, true positive rates, AUC text)}}.
+
+    The AUC text goes in the legend as given, e.g. `0.87 [0.62–0.96]`.
+    """
     return _side_by_side([_roc_panel(split, by_class) for split, by_class in curves.items()])
 
 
@@ -34,7 +42,7 @@ def _font(size: int = 14) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def _confusion_panel(split: str, matrix: np.ndarray, class_names: tuple[str, ...]) -> Image.Image:
+def _confusion_panel(split: str, matrix: np.ndarray, class_names: tuple[str, ...], caption: str) -> Image.Image:
     panel = Image.new("RGB", (PANEL_SIZE, PANEL_SIZE), BACKGROUND)
     draw = ImageDraw.Draw(panel)
     draw.text((PANEL_SIZE // 2, 20), f"{split}: confusion matrix (n={int(matrix.sum())})",
@@ -58,10 +66,12 @@ def _confusion_panel(split: str, matrix: np.ndarray, class_names: tuple[str, ...
     draw.text((PANEL_SIZE // 2, MARGIN_TOP + len(class_names) * CELL_SIZE + 44),
               "rows: true class, columns: predicted class",
               fill=INK, font=_font(12), anchor="mm")
+    draw.multiline_text((PANEL_SIZE // 2, MARGIN_TOP + len(class_names) * CELL_SIZE + 66), caption,
+                        fill=INK, font=_font(12), anchor="ma", align="center")
     return panel
 
 
-def _roc_panel(split: str, by_class: dict[str, tuple[np.ndarray, np.ndarray, float | None]]) -> Image.Image:
+def _roc_panel(split: str, by_class: dict[str, tuple[np.ndarray, np.ndarray, str]]) -> Image.Image:
     panel = Image.new("RGB", (PANEL_SIZE, PANEL_SIZE), BACKGROUND)
     draw = ImageDraw.Draw(panel)
     left, top = 80, 56
@@ -70,7 +80,8 @@ def _roc_panel(split: str, by_class: dict[str, tuple[np.ndarray, np.ndarray, flo
     def to_pixels(false_positive_rate: float, true_positive_rate: float) -> tuple[float, float]:
         return left + false_positive_rate * PLOT_SIZE, bottom - true_positive_rate * PLOT_SIZE
 
-    draw.text((PANEL_SIZE // 2, 18), f"{split}: one-vs-rest ROC", fill=INK, font=_font(16), anchor="mm")
+    draw.text((PANEL_SIZE // 2, 18), f"{split}: one-vs-rest ROC, AUC [95% CI]", fill=INK, font=_font(16),
+              anchor="mm")
     draw.rectangle((left, top, right, bottom), outline=INK)
     for tick in (0.0, 0.5, 1.0):
         x, y = to_pixels(tick, tick)
@@ -83,15 +94,14 @@ def _roc_panel(split: str, by_class: dict[str, tuple[np.ndarray, np.ndarray, flo
     draw.text((left, top - 8), "true positive rate (sensitivity)", fill=INK, font=_font(12), anchor="ls")
     for start in np.arange(0.0, 1.0, 0.04):
         draw.line((*to_pixels(start, start), *to_pixels(start + 0.02, start + 0.02)), fill=GRID, width=1)
-    for index, (name, (false_positive_rates, true_positive_rates, auc)) in enumerate(by_class.items()):
+    for index, (name, (false_positive_rates, true_positive_rates, auc_text)) in enumerate(by_class.items()):
         colour = CURVE_COLOURS[index % len(CURVE_COLOURS)]
         points = [to_pixels(fpr, tpr) for fpr, tpr in zip(false_positive_rates, true_positive_rates)]
         if len(points) > 1:
             draw.line(points, fill=colour, width=2, joint="curve")
         legend_y = bottom - 20 * (len(by_class) - index)
-        draw.line((right - 150, legend_y, right - 130, legend_y), fill=colour, width=3)
-        auc_text = "n/a" if auc is None else f"{auc:.3f}"
-        draw.text((right - 125, legend_y), f"{name} AUC {auc_text}", fill=INK, font=_font(12), anchor="lm")
+        draw.line((right - 215, legend_y, right - 195, legend_y), fill=colour, width=3)
+        draw.text((right - 190, legend_y), f"{name} {auc_text}", fill=INK, font=_font(12), anchor="lm")
     return panel
 
 

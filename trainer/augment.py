@@ -1,0 +1,89 @@
+"""Online augmentation of training batches: a new random transform at every step.
+
+The preprocess job's offline copies are fixed: each one is the same image in every
+epoch. On top of them, every training batch gets, per image, a random rotation
+within ±15°, a zoom in [0.9, 1.1], a shift of up to 5% of the side on each axis, a
+brightness shift of up to ±10% of the 8-bit range and a contrast factor in
+[0.8, 1.2]. No horizontal flips: they move the heart to the right, an anatomy the
+model should not be taught. Pixels the transform brings in from outside the image
+are reflected from inside it, so no border (black corners, a constant band) appears
+that could mark augmented images.
+
+Rotation, zoom and shift are one affine map, resampled once
+(`ImageProjectiveTransformV3`, bilinear), rather than three Keras layers resampling
+three times. Every draw is a stateless random op seeded by the caller, so
+`augment_images` is a pure function: the same images and seed give the same output
+on any machine, inside tf.data on CPU or eagerly.
+
+The trainer applies it to the model's input (the gray level repeated in three
+channels, minus ResNet50's per-channel means). Every step is affine in the gray
+level and contrast is taken around each channel's own mean, so this equals
+augmenting the gray image first, except that values are not clipped to 0–255 there;
+uint8 input is clipped and rounded.
+"""
+
+import math
+
+import tensorflow as tf
+
+MAX_ROTATION_DEGREES = 15.0
+ZOOM_RANGE = (0.9, 1.1)  # > 1 zooms in.
+MAX_SHIFT_FRACTION = 0.05
+MAX_BRIGHTNESS_DELTA = 0.1  # Of the 8-bit range.
+CONTRAST_RANGE = (0.8, 1.2)
+PIXEL_RANGE = 255.0
+FILL_MODE = "REFLECT"
+
+
+def augment_images(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """A random transform of each image in a [batch, height, width, channels] batch.
+
+    Args:
+      images: uint8 or float pixels in 8-bit units (any constant offset per channel).
+      seed: shape [2] integer seed of the stateless random ops; a new seed per batch
+        gives new transforms.
+
+    Returns:
+      The transformed batch, same shape and dtype.
+    """
+    images = tf.convert_to_tensor(images)
+    pixels = tf.cast(images, tf.float32)
+    shape = tf.shape(pixels)
+    batch = shape[0]
+    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    angle_seed, zoom_seed, shift_seed, brightness_seed, contrast_seed = tf.unstack(
+        tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=5))
+    max_angle = math.radians(MAX_ROTATION_DEGREES)
+    angles = tf.random.stateless_uniform([batch], angle_seed, -max_angle, max_angle)
+    zooms = tf.random.stateless_uniform([batch], zoom_seed, *ZOOM_RANGE)
+    shifts = tf.random.stateless_uniform([batch, 2], shift_seed, -MAX_SHIFT_FRACTION, MAX_SHIFT_FRACTION)
+    transforms = affine_transforms(angles, zooms, shifts[:, 0] * width, shifts[:, 1] * height, height, width)
+    pixels = tf.raw_ops.ImageProjectiveTransformV3(
+        images=pixels, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode=FILL_MODE)
+
+    brightness = tf.random.stateless_uniform(
+        [batch, 1, 1, 1], brightness_seed, -MAX_BRIGHTNESS_DELTA, MAX_BRIGHTNESS_DELTA) * PIXEL_RANGE
+    contrast = tf.random.stateless_uniform([batch, 1, 1, 1], contrast_seed, *CONTRAST_RANGE)
+    mean = tf.reduce_mean(pixels, axis=[1, 2], keepdims=True)
+    pixels = (pixels - mean) * contrast + mean + brightness
+    if images.dtype == tf.uint8:
+        return tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, PIXEL_RANGE), tf.uint8)
+    return tf.cast(pixels, images.dtype)
+
+
+def affine_transforms(angles: tf.Tensor, zooms: tf.Tensor, shift_x: tf.Tensor, shift_y: tf.Tensor,
+                      height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    """[batch, 8] output-to-input maps of `ImageProjectiveTransformV3`: rotate and zoom about the centre, shift.
+
+    An output pixel (x, y) samples the input at centre + R(angle)·((x, y) − centre) / zoom − shift,
+    so the content turns by `angle`, grows by `zoom` and moves by `shift`.
+    """
+    cos, sin = tf.cos(angles) / zooms, tf.sin(angles) / zooms
+    centre_x, centre_y = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+    zeros = tf.zeros_like(angles)
+    return tf.stack([
+        cos, -sin, centre_x - cos * centre_x + sin * centre_y - shift_x,
+        sin, cos, centre_y - sin * centre_x - cos * centre_y - shift_y,
+        zeros, zeros,
+    ], axis=1)
