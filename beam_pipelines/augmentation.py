@@ -18,6 +18,9 @@ from beam_pipelines import contract
 MAX_ROTATION_DEGREES = 15.0
 ZOOM_RANGE = (0.9, 1.1)
 BRIGHTNESS_RANGE = (0.8, 1.2)
+# A corner of the output maps at most (1/√2)/min zoom ≈ 0.79 of a side from the centre
+# (at 45°; 15° needs less), so a reflected margin of 0.3 of a side covers every copy.
+REFLECT_MARGIN = 0.3
 AUTO = "auto"
 DEFAULT_MULTIPLIERS = "normal=2,pneumonia=2,covid19=30"
 
@@ -60,12 +63,17 @@ def augment(pixels: np.ndarray, seed: int, image_id: str, copy_index: int) -> np
     zoom = rng.uniform(*ZOOM_RANGE)
     brightness = rng.uniform(*BRIGHTNESS_RANGE)
     height, width = pixels.shape
-    center_x, center_y = width / 2.0, height / 2.0
-    # Pillow maps each output pixel back to its input position: the inverse transform.
+    # Corners uncovered by the rotation are filled by reflecting the image, not with black:
+    # black corners on most copies of the most-multiplied class would be a cue of its own.
+    margin_y, margin_x = math.ceil(height * REFLECT_MARGIN), math.ceil(width * REFLECT_MARGIN)
+    padded = np.pad(pixels, ((margin_y, margin_y), (margin_x, margin_x)), mode="reflect")
+    center_x, center_y = margin_x + width / 2.0, margin_y + height / 2.0
+    # Pillow maps each output pixel back to its input position: the inverse transform,
+    # here from the output's own grid into the padded image.
     cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
-    inverse = (cos, sin, center_x - cos * center_x - sin * center_y,
-               -sin, cos, center_y + sin * center_x - cos * center_y)
-    transformed = Image.fromarray(pixels, mode="L").transform(
-        (width, height), Image.Transform.AFFINE, inverse, resample=Image.Resampling.BILINEAR, fillcolor=0)
+    inverse = (cos, sin, center_x - cos * width / 2.0 - sin * height / 2.0,
+               -sin, cos, center_y + sin * width / 2.0 - cos * height / 2.0)
+    transformed = Image.fromarray(padded, mode="L").transform(
+        (width, height), Image.Transform.AFFINE, inverse, resample=Image.Resampling.BILINEAR)
     brightened = np.asarray(transformed, dtype=np.float32) * brightness
     return np.clip(np.rint(brightened), 0, 255).astype(np.uint8)

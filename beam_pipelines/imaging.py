@@ -124,7 +124,11 @@ def preprocess_image(data: bytes, image_size: int, uri: str = "",
     if is_dicom(data) or uri.lower().endswith((".dcm", ".dicom")):
         decoded = _decode_dicom(data, image_size, max_pixels)
     else:
-        decoded = DecodedImage(pixels=_decode_bitmap(data, image_size, max_pixels))
+        # A bitmap's body is stretched between its percentiles as a DICOM's values are,
+        # after framing so that a figure's margins do not set its contrast: contrast must
+        # not tell a PNG or JPEG source apart from a DICOM one.
+        body = scale_to_uint8(frame_body(_decode_bitmap(data, image_size, max_pixels)))
+        return DecodedImage(pixels=resize_square(body, image_size))
     return dataclasses.replace(decoded, pixels=resize_square(frame_body(decoded.pixels), image_size))
 
 

@@ -51,3 +51,10 @@ def test_auto_multipliers_balance_to_the_largest_class():
     assert augmentation.balanced_multipliers({"normal": 6000, "pneumonia": 4800, "covid19": 120}) == {
         "normal": 1, "pneumonia": 1, "covid19": 50}
     assert augmentation.balanced_multipliers({"normal": 10}) == {"normal": 1, "pneumonia": 1, "covid19": 1}
+
+
+def test_copies_have_no_black_corners():
+    """Rotated copies are filled by reflection: black corners would mark the most-copied class."""
+    flat = np.full((32, 32), 200, dtype=np.uint8)
+    darkest = min(int(augmentation.augment(flat, 1, "img", copy).min()) for copy in range(1, 50))
+    assert darkest >= int(200 * augmentation.BRIGHTNESS_RANGE[0]) - 1

@@ -417,3 +417,12 @@ def test_header_view_and_modality_are_reported():
     data = dicom_writer.dicom_bytes(phantom.render_chest(1, "normal", 64), patient_id="p", view="PA",
                                     sex="M", age=30)
     assert (imaging.preprocess_image(data, 32).view, imaging.preprocess_image(data, 32).modality) == ("PA", "CR")
+
+
+def test_a_bitmap_body_is_stretched_like_a_dicom_whatever_its_margins():
+    body = np.random.default_rng(0).integers(60, 181, size=(64, 64), dtype=np.uint8)
+    framed = np.full((64, 100), 255, dtype=np.uint8)
+    framed[:, 18:82] = body
+    plain, in_a_figure = (imaging.preprocess_image(imaging.encode_png(image), 32).pixels for image in (body, framed))
+    assert int(plain.max()) - int(plain.min()) > 180 - 60, "the body's own percentiles set its contrast"
+    np.testing.assert_array_equal(plain, in_a_figure)

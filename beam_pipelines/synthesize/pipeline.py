@@ -312,15 +312,19 @@ def _covid_patient_columns(rng: np.random.Generator, patient_id: str, finding: s
 def _covid_image(rng: np.random.Generator, label: str, image_size: int, image_format: str, mode: str) -> bytes:
     """A PNG or JPEG of a non-square size between 0.6 and 1.6 times `image_size`.
 
-    Lateral views and CT rows get a frontal chest image too: readers drop them by their
-    metadata, never by their pixels.
+    Like many figures taken from papers, the radiograph is letterboxed: a square chest
+    on a black or white background filling the rest of the figure. Lateral views and
+    CT rows get a frontal chest image too: readers drop them by their metadata, never
+    by their pixels.
     """
     height = int(image_size * rng.uniform(0.6, 1.6))
     width = int(np.clip(height * rng.uniform(0.8, 1.25), 0.6 * image_size, 1.6 * image_size))
-    side = max(height, width)
-    pixels = phantom.render_chest(_render_seed(rng), label, side)
-    top, left = (side - height) // 2, (side - width) // 2
-    pixels = pixels[top:top + height, left:left + width]
+    side = min(height, width)
+    chest = phantom.render_chest(_render_seed(rng), label, side)
+    background = np.iinfo(chest.dtype).max if rng.random() < 0.5 else 0
+    pixels = np.full((height, width), background, dtype=chest.dtype)
+    top, left = (height - side) // 2, (width - side) // 2
+    pixels[top:top + side, left:left + side] = chest
     if mode == "I;16":
         image = Image.fromarray(pixels)
     else:
