@@ -122,13 +122,9 @@ def walkthrough_script(markdown_path: str) -> str:
 
 
 def announced(script: str) -> str:
-    """The script with each whole-line comment turned into a printed step header."""
-    return re.sub(r"^# (.*)$", lambda comment: "echo " + _shell_quote(f"==> {comment.group(1)}"), script,
-                  flags=re.MULTILINE)
-
-
-def _shell_quote(text: str) -> str:
-    return "'" + text.replace("'", "'\"'\"'") + "'"
+    """The script with each whole-line comment turned into a printed step header ($VARIABLES expanded)."""
+    return re.sub(r"^# (.*)$", lambda comment: 'echo "==> ' + re.sub(r'(["\\`])', r"\\\1", comment.group(1)) + '"',
+                  script, flags=re.MULTILINE)
 
 
 def run_command(command: Sequence[str], environment: dict[str, str], timeout: float | None = None) -> int:
