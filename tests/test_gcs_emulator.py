@@ -152,7 +152,8 @@ def test_walkthrough_writes_every_output_to_the_bucket(walkthrough, gcs):
     predictions = batch_predict.single_file_name(walkthrough["predictions"], ".csv")
     rows = list(csv.DictReader(io.StringIO(storage.read_bytes(predictions).decode("utf-8"))))
     assert len(rows) == 24 and all(row["uri"].startswith(f"{gcs}/raw/rsna/") for row in rows)
-    leftovers = [path for path in storage.list_files(gcs) if "/.tmp-" in f"/{path}" or "beam-temp-" in path]
+    leftovers = [path for path in storage.list_files(gcs)
+                 if f"/{storage.TEMPORARY_PREFIX}" in f"/{path}" or "beam-temp-" in path]
     assert not leftovers, f"temporary files left in the bucket: {leftovers}"
 
 
@@ -163,7 +164,8 @@ def test_shards_and_manifest_are_uploaded_under_temporary_names_then_renamed(wal
                    if name == contract.MANIFEST_FILE or name.endswith(".tfrecord.gz")]
     for name in final_files:
         assert prefix + name not in uploaded, f"{name} was uploaded under its final name"
-        assert any(re.fullmatch(rf"{re.escape(prefix)}\.tmp-[0-9a-f]{{32}}-{re.escape(name)}", upload)
+        temporary = re.escape(prefix + storage.TEMPORARY_PREFIX) + "[0-9a-f]{32}-" + re.escape(name)
+        assert any(re.fullmatch(temporary, upload)
                    for upload in uploaded), f"{name} was not uploaded under a temporary name"
 
 
