@@ -29,6 +29,7 @@ setuptools.setup(
                                                 "serving", "serving.*"],
                                        exclude=["beam_pipelines.synthesize", "beam_pipelines.synthesize.*"]),
     install_requires=REQUIRED_PACKAGES,
-    extras_require={"test": ["pytest~=9.0"]},
+    # gcp-storage-emulator: the Cloud Storage emulator of tests/test_gcs_emulator.py and `make cloud-demo`.
+    extras_require={"test": ["pytest~=9.0", "gcp-storage-emulator==2026.7.19"]},
     entry_points={"console_scripts": ["cxr-predict=serving.study:main"]},
 )

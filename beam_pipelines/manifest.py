@@ -1,7 +1,8 @@
 """The preprocess job's manifest: what went in, what came out, and with what.
 
-It is written last, once every shard and the rejected records exist, so its presence
-means the output directory is complete. The trainer reads its class counts.
+It is written last, once every shard and the rejected records exist, and atomically
+(temporary name, then rename), so its presence means the output directory is complete.
+The trainer reads its class counts.
 """
 
 import datetime
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines import contract
+from beam_pipelines import contract, storage
 
 REPORTED_PACKAGES = ("cxr-classifier", "apache-beam", "tensorflow", "tfx-bsl", "pydicom",
                      "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pillow", "numpy")
@@ -96,8 +97,8 @@ class WriteManifestFn(beam.DoFn):
             rejected=dict(rejected), shards=list(shards), notes=dict(notes))
         for warning in manifest["warnings"]:
             logging.warning("DATASET WARNING: %s", warning)
-        with FileSystems.create(FileSystems.join(self._output_dir, contract.MANIFEST_FILE)) as out:
-            out.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
+        storage.write_bytes(FileSystems.join(self._output_dir, contract.MANIFEST_FILE),
+                            json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
         yield manifest
 
 

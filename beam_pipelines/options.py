@@ -1,4 +1,4 @@
-"""Pipeline options shared by every job: the runner choice and Dataflow packaging."""
+"""What every Beam job shares: the runner choice, Dataflow packaging, and a log a person can read."""
 
 import logging
 import os
@@ -9,6 +9,8 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
     WorkerOptions,
 )
+from apache_beam.portability.api import beam_fn_api_pb2
+from google.protobuf import text_format
 
 # Beam's DirectRunner now tries to download the Prism runner binary first; the pure-Python
 # portable runner needs no network and still honours --direct_num_workers and
@@ -35,7 +37,35 @@ def build_pipeline_options(beam_args: list[str]) -> PipelineOptions:
     return options
 
 
+# Warnings Beam logs on every local run that ask nothing of the user: its local workers have no
+# semi-persistent directory, and RunInference cannot read its own memory use here.
+HARMLESS_WARNINGS = ("No semi_persistent_directory found", "Resource module is not available")
+# The local runner relays a worker process's log record as "Worker: <the LogEntry proto as text>".
+WORKER_RELAY_LOGGER = "apache_beam.runners.portability.local_job_service"
+
+
+def _readable(record: logging.LogRecord) -> bool:
+    """Drops the harmless warnings; reduces a relayed worker record to "worker: <its message>"."""
+    if any(warning in record.getMessage() for warning in HARMLESS_WARNINGS):
+        return False
+    if record.name == WORKER_RELAY_LOGGER and len(record.args or ()) == 1:
+        try:
+            entry = text_format.Parse(str(record.args[0]), beam_fn_api_pb2.LogEntry())
+        except text_format.ParseError:
+            return True
+        record.msg, record.args = "worker: %s", (entry.message,)
+    return True
+
+
 def configure_logging() -> None:
-    """INFO for the job's own messages; Beam's runner internals only from WARNING up."""
+    """INFO for the job's own messages; runner internals and library notices only from WARNING up.
+
+    absl and TensorFlow notices (optional modules missing, deprecations inside tfx-bsl) say
+    nothing about the job either.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_readable)

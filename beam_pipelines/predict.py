@@ -3,11 +3,11 @@
 The job itself lives with the rest of serving, in `serving.batch_predict`.
 """
 
-import logging
 import sys
 
+from beam_pipelines.options import configure_logging
 from serving import batch_predict
 
 if __name__ == "__main__":
-    logging.getLogger().setLevel(logging.INFO)
+    configure_logging()
     batch_predict.run(sys.argv[1:])

@@ -28,6 +28,7 @@ from beam_pipelines import (
     reading,
     sources,
     splitting,
+    storage,
 )
 from beam_pipelines.manifest import WriteManifestFn, format_summary, read_manifest
 from beam_pipelines.options import build_pipeline_options, configure_logging
@@ -41,8 +42,9 @@ from beam_pipelines.tfrecord_shards import (
 REJECTED = sources.REJECTED
 PROGRESS_EVERY = 500
 DEFAULT_SEED = 42
+# An interrupted run also leaves its own temporary files and those of Beam's WriteToText.
 OUTPUT_PATTERNS = (*(contract.shard_pattern(split) for split in contract.SPLITS), "rejected-*.jsonl",
-                   contract.MANIFEST_FILE)
+                   contract.MANIFEST_FILE, storage.TEMPORARY_PATTERN, "beam-temp-*/**")
 
 
 class ReadAndPrepareFn(beam.DoFn):
@@ -350,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target_shard_mb", type=float, default=DEFAULT_TARGET_SHARD_MB,
                         help="Approximate size of one TFRecord shard.")
     parser.add_argument("--overwrite", action="store_true",
-                        help="Delete an earlier run's shards, rejected records and manifest first.")
+                        help="Delete an earlier run's shards, rejected records, manifest and temporary files first.")
     return parser
 
 

@@ -4,21 +4,21 @@ Beam's WriteToTFRecord needs the shard count when the pipeline is built, but the
 right count depends on how many bytes each split ends up with. Here the count is
 computed inside the pipeline (total bytes / target shard size), every example is
 assigned to a shard by a hash of its key, and each shard is written by one worker
-to a temporary name and renamed into place, so a retried write replaces rather
-than duplicates it. Records inside a shard are ordered by that hash, which spreads
-the augmented copies of one image instead of keeping them adjacent.
+to a temporary name and renamed into place (`storage.atomic_output`), so a retried
+write replaces rather than duplicates it and an interrupted one leaves no partial
+shard. Records inside a shard are ordered by that hash, which spreads the augmented
+copies of one image instead of keeping them adjacent.
 """
 
 import hashlib
 import math
 import typing
-import uuid
 from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 import tensorflow as tf
 
-from beam_pipelines import contract
+from beam_pipelines import contract, storage
 
 DEFAULT_TARGET_SHARD_MB = 150
 
@@ -50,15 +50,13 @@ class WriteShardFn(beam.DoFn):
     def process(self, element: tuple[tuple[str, int, int], Iterable[tuple[str, bytes]]]) -> Iterator[dict]:
         (split, index, count), records = element
         name = contract.shard_name(split, index, count)
-        final_path = f"{self._output_dir.rstrip('/')}/{name}"
-        temp_path = f"{self._output_dir.rstrip('/')}/.tmp-{uuid.uuid4().hex}-{name}"
         written = size = 0
-        with tf.io.TFRecordWriter(temp_path, options=contract.TFRECORD_COMPRESSION) as writer:
+        with storage.atomic_output(f"{self._output_dir.rstrip('/')}/{name}") as local_path, \
+                tf.io.TFRecordWriter(local_path, options=contract.TFRECORD_COMPRESSION) as writer:
             for _, serialized in sorted(records):
                 writer.write(serialized)
                 written += 1
                 size += len(serialized)
-        tf.io.gfile.rename(temp_path, final_path, overwrite=True)
         self._shards.inc()
         self._records.inc(written)
         yield {"split": split, "file": name, "records": written, "bytes": size}
