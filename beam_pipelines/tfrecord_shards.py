@@ -7,6 +7,12 @@ assigned to a shard by a hash of its key, and each shard is written by one worke
 to a temporary name and renamed into place, so a retried write replaces rather
 than duplicates it. Records inside a shard are ordered by that hash, which spreads
 the augmented copies of one image instead of keeping them adjacent.
+
+Shards are framed by Beam's own TFRecord coder and GZIP-compressed by Beam's
+filesystems, so the job's processes never import TensorFlow. The records, and the
+TFRecord stream inside the GZIP container, are byte for byte what TensorFlow's
+writer produces (tests/test_tfrecord_shards.py); the GZIP container itself may
+differ, since zlib is called with its default memory level rather than TensorFlow's.
 """
 
 import hashlib
@@ -16,11 +22,15 @@ import uuid
 from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
-import tensorflow as tf
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil
 
 from beam_pipelines import contract
 
 DEFAULT_TARGET_SHARD_MB = 150
+# The contract names the compression as tf.data spells it ("GZIP"); Beam spells it "gzip".
+COMPRESSION = getattr(CompressionTypes, contract.TFRECORD_COMPRESSION)
 
 
 class EncodedExample(typing.NamedTuple):
@@ -53,12 +63,12 @@ class WriteShardFn(beam.DoFn):
         final_path = f"{self._output_dir.rstrip('/')}/{name}"
         temp_path = f"{self._output_dir.rstrip('/')}/.tmp-{uuid.uuid4().hex}-{name}"
         written = size = 0
-        with tf.io.TFRecordWriter(temp_path, options=contract.TFRECORD_COMPRESSION) as writer:
+        with FileSystems.create(temp_path, compression_type=COMPRESSION) as handle:
             for _, serialized in sorted(records):
-                writer.write(serialized)
+                _TFRecordUtil.write_record(handle, serialized)
                 written += 1
                 size += len(serialized)
-        tf.io.gfile.rename(temp_path, final_path, overwrite=True)
+        FileSystems.rename([temp_path], [final_path])
         self._shards.inc()
         self._records.inc(written)
         yield {"split": split, "file": name, "records": written, "bytes": size}
