@@ -49,6 +49,7 @@ AUGMENT_SETTINGS = ((NO_AUGMENTATION, NO_AUGMENTATION_LABEL),
 SMALL_FILES = 3000
 START_UP_FILES = 20
 STAGE_FILES = 1000
+DECODER_FILES = 60
 RUNNING_MODES = ("multi_processing", "multi_threading")
 FULL_TARGET, SMALL_TARGET = 1.5, 1.0
 RSS_TARGET_BYTES = 2 * 1024**3
@@ -62,28 +63,39 @@ IDLE_FUNCTIONS = ("acquire", "wait", "channel_spin", "_serve", "waitpid", "selec
 
 
 READING = """Reading. The loop is the floor: per image it parses a DICOM header, decodes a JPEG
-with DCT scaling and encodes a PNG, nothing else. The job adds, per image, its own work beyond
-the codec (intensity scaling, header checks, the Example, the GZIP TFRecord write: the stage
-table), and per job a start-up: every process imports Beam, and the runner turns the graph
-into about two dozen fused stages, each a bundle per worker. With `multi_processing` each of the
-three processes (driver and two workers) imports Beam and every record crosses the runner's
-gRPC data plane through the driver, which competes with the workers for the same two cores;
-with `multi_threading` there is one process, but pydicom's header parse, our Python glue and
-Beam's bookkeeping hold the GIL, so only the codecs (Pillow's decode and PNG encode, zlib) run
-in parallel. No process of the job imports TensorFlow any more: the Example is built by
-protobuf from TensorFlow's schema and the shards are framed by Beam's TFRecord coder (records
-byte-identical, tests/test_example_codec.py, tests/test_tfrecord_shards.py), which took about
-2 s of CPU and 740 MB out of every process. tfx-bsl's C++ `RecordBatchToExamplesEncoder` was
-measured as the alternative and rejected: it orders the feature map differently on every call
-(200 distinct serializations of one record in 200 calls), which would break same seed, same
-bytes. Kept as they are, by measurement: PNG `compress_level=6` (it is half of the per-image
-codec work, but another level changes the records' bytes), the exact percentile scaling
-(np.percentile on 128² values is about 0.1 ms; a histogram or partition shortcut would have to
-reproduce NumPy's interpolation bit for bit), the two passes over the records that exact shard
-sizing needs (fixing the shard counts up front saved no measurable CPU at 3,000 files), and
-the GZIP level of the shards (level 1 instead of 6 saves under 0.02 ms per record: the PNGs are
-already deflated). On Dataflow the driver is not in the data path and workers start once per
-VM, so a large job runs at about the steady rate per vCPU (docs/cloud.md)."""
+with DCT scaling and encodes a PNG, nothing else. On top of that the job spends, per image,
+its own work beyond the codec (intensity scaling, header checks and LUTs, the Example, the
+GZIP TFRecord write: the stage table), its start-up (every process imports Beam, and the
+runner turns the graph into about two dozen fused stages, each a bundle per worker) and the
+runner's own cost. With `multi_processing` the driver and two workers each import Beam, and
+every record crosses the runner's gRPC data plane through the driver, a third process on the
+same two cores; the driver also holds every record of the shard shuffle in its GroupByKey
+buffer and copies it again to hand the groups to the workers, which is most of its memory at
+full size. With `multi_threading` there is one process and no data plane, but pydicom's
+header parse, our Python glue and Beam's bookkeeping hold the GIL, so only the codecs
+(Pillow's decode, the PNG encode, zlib) run in parallel.
+
+Removed: no process of the job imports TensorFlow any more (about 2 s of CPU and 740 MB per
+process, three processes in a local job). The Example is built by protobuf from TensorFlow's
+schema and the shards are framed by Beam's TFRecord coder, byte-identical records
+(tests/test_example_codec.py, tests/test_tfrecord_shards.py). tfx-bsl's C++
+`RecordBatchToExamplesEncoder` was measured as the alternative and rejected: it orders the
+feature map differently on every call (200 distinct serializations of one record in 200
+calls), which would break same seed, same bytes.
+
+What remains and why (measured once while writing this benchmark, 2026-11-26, on the shared
+machine): PNG `compress_level=6` is about a third of the codec work, but another level changes
+the records' bytes. The exact percentile scaling spends about 0.1 ms in np.percentile on 128²
+values; a shortcut would have to reproduce NumPy's interpolation bit for bit. GZIP level 1
+instead of 6 for the shards saves under 0.02 ms per record (the PNGs are already deflated).
+Exact shard sizing needs two passes over the records (bytes per split first, then shard
+assignment, the records materialized in between): fixing the shard counts before encoding, so
+that assignment fuses with encoding, took the full-size job with default multipliers from
+2.79 to 2.33 GB peak and from 94 to 92 s of CPU, but it would size shards by an estimate rather
+than by their bytes, a contract decision left open. Start-up and the data plane are Beam's;
+fewer stages (the manifest's counts in one combiner) should shorten start-up (not measured).
+On Dataflow the driver is not in the data path and workers start once per VM, so a large job
+runs at about the steady rate per vCPU (docs/cloud.md)."""
 
 
 def write_csv(rows: list[dict], path: str) -> str:
@@ -183,6 +195,35 @@ def stage_costs(rows: list[dict], image_size: int, augment: str, work_dir: str) 
     costs[STAGE_NAMES[8]] = write
     costs[STAGE_NAMES[9]] = total - sum(costs.values())
     return {name: 1000 * seconds / len(rows) for name, seconds in costs.items()}
+
+
+def decoder_alternatives(rows: list[dict], image_size: int) -> dict[str, float]:
+    """Median CPU ms per 1024² JPEG Baseline frame of the ways to decode it (why the job uses DCT scaling)."""
+    datasets = [pydicom.dcmread(row["image_uri"]) for row in rows]
+    frames = [pydicom.encaps.get_frame(dataset.PixelData, 0, number_of_frames=1) for dataset in datasets]
+
+    def pydicom_pylibjpeg(dataset):
+        dataset.pixel_array_options(decoding_plugin="pylibjpeg")
+        return dataset.pixel_array
+
+    def pillow(frame, reduced: bool):
+        with Image.open(io.BytesIO(frame)) as image:
+            if reduced:
+                image.draft("L", (image_size, image_size))
+            return image.convert("L")
+
+    def median_ms(function, items) -> float:
+        times = []
+        for item in items:
+            start = time.process_time()
+            function(item)
+            times.append(1000 * (time.process_time() - start))
+        return statistics.median(times)
+
+    return {"pydicom `pixel_array`, pylibjpeg plugin, full size": median_ms(pydicom_pylibjpeg, datasets),
+            "Pillow, full size": median_ms(functools.partial(pillow, reduced=False), frames),
+            f"Pillow with DCT scaling to ≥ {image_size}² (the job's fast path)": median_ms(
+                functools.partial(pillow, reduced=True), frames)}
 
 
 @dataclasses.dataclass
@@ -291,8 +332,8 @@ def profile_job(runner: JobRunner, source_flag: str, expected_used: int, profile
 
 
 def report(conditions: str, loop: dict[int, tuple[float, float]], jobs: list[JobRuns],
-           stages: dict[str, dict[str, float]], listing_ms: float, profile: dict[str, dict[str, float]],
-           workers: int) -> str:
+           stages: dict[str, dict[str, float]], listing_ms: float, decoders: dict[str, float],
+           profile: dict[str, dict[str, float]], workers: int) -> str:
     def loop_rate(images: int) -> float:
         return images / loop[images][0]
 
@@ -377,6 +418,9 @@ def report(conditions: str, loop: dict[int, tuple[float, float]], jobs: list[Job
         f"Listing the label files (one worker, before the fan-out): {listing_ms * 1000:.1f} µs CPU per listed "
         f"patient, {listing_ms * rsna_layout.layout_counts()['patients'] / 1000:.2f} s for the full label files.",
         "",
+        f"Decoding one frame, median CPU ms over {DECODER_FILES} files: "
+        + "; ".join(f"{name} {value:.2f}" for name, value in decoders.items()) + ".",
+        "",
         f"### The job's processes, profiled ({SMALL_FILES:,} files, multi_processing, no augmentation)",
         "",
         "Per-thread CPU profiles of the driver and both workers (`benchmarks/thread_profiler`). cProfile "
@@ -416,6 +460,7 @@ def run_benchmark(args: argparse.Namespace) -> str:
     stages = {label: stage_costs(small[:STAGE_FILES], args.image_size, augment, work_dir)
               for augment, label in AUGMENT_SETTINGS}
     listing_ms = listing_ms_per_patient(rsna_dir)
+    decoders = decoder_alternatives(small[:DECODER_FILES], args.image_size)
     runner = JobRunner(work_dir, args.image_size, args.workers)
     configurations = [(f"--csv={small_csv}", len(small), args.repeats)]
     if args.full:
@@ -430,7 +475,7 @@ def run_benchmark(args: argparse.Namespace) -> str:
                 jobs.append(JobRuns(f"job, {mode}, {label}", augment, used, runs, start_up))
     profile = profile_job(runner, f"--csv={small_csv}", len(small), os.path.join(work_dir, "profiles"))
     conditions = conditions_line(args.workers, args.image_size, mean_file_kb, load_before, args.note)
-    return report(conditions, loop, jobs, stages, listing_ms, profile, args.workers)
+    return report(conditions, loop, jobs, stages, listing_ms, decoders, profile, args.workers)
 
 
 def main(argv: list[str] | None = None) -> str:
