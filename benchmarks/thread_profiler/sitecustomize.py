@@ -4,8 +4,10 @@ The local Beam runner's driver moves data in gRPC and executor threads, and its 
 workers process bundles in pool threads that neither `python -m cProfile` (main
 thread only) nor Beam's `--profile_cpu` (not passed to local subprocess workers)
 reach. Python imports `sitecustomize` at start-up, so the benchmark puts this folder
-first on PYTHONPATH for one profiled job: each thread runs under its own cProfile,
-and at exit the process writes their merged stats to `$CXR_PROFILE_DIR/<role>-<pid>.prof`.
+first on PYTHONPATH for one profiled job (shadowing any other `sitecustomize` for that
+run): each thread runs under its own cProfile timed by the thread's CPU clock, so waiting
+threads cost nothing, and at exit the process writes their merged stats to
+`$CXR_PROFILE_DIR/<role>-<pid>.prof`. Without that variable it does nothing.
 """
 
 import atexit
