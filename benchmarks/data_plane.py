@@ -283,7 +283,8 @@ class JobRunner:
         python_path = os.pathsep.join(filter(None, [REPOSITORY, os.environ.get("PYTHONPATH")]))
         env = {**os.environ, "PYTHONPATH": python_path, **(extra_env or {})}
         log_path = os.path.join(self._work_dir, "job.log")
-        usage = process_tree.run(command, env=env, log_path=log_path)
+        # `python -m` puts the working directory first on sys.path: run from this checkout.
+        usage = process_tree.run(command, env=env, log_path=log_path, cwd=REPOSITORY)
         if usage.returncode:
             raise RuntimeError(f"the preprocess job failed (exit {usage.returncode}); see {log_path}")
         with open(os.path.join(output_dir, contract.MANIFEST_FILE)) as handle:

@@ -82,11 +82,12 @@ def _role(pid: int, root: int) -> str:
     return "other"
 
 
-def run(command: Sequence[str], env: dict[str, str] | None = None, log_path: str | None = None) -> TreeUsage:
-    """Runs `command` to completion while sampling its process tree."""
+def run(command: Sequence[str], env: dict[str, str] | None = None, log_path: str | None = None,
+        cwd: str | None = None) -> TreeUsage:
+    """Runs `command` to completion (in `cwd`) while sampling its process tree."""
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
     start = time.perf_counter()
-    process = subprocess.Popen(list(command), env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(list(command), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
     last_cpu: dict[int, tuple[str, float]] = {}
     peak, peak_by_role = 0, {}
     while True:
@@ -98,7 +99,11 @@ def run(command: Sequence[str], env: dict[str, str] | None = None, log_path: str
             sample = _cpu_and_rss(pid)
             if sample is None:
                 continue
-            role = last_cpu[pid][0] if pid in last_cpu else _role(pid, process.pid)
+            # Asked at every sample (`sh -c` becomes the worker when it execs it); a process
+            # that is exiting has no command line any more and keeps the role it had.
+            role = _role(pid, process.pid)
+            if role == "other" and pid in last_cpu:
+                role = last_cpu[pid][0]
             last_cpu[pid] = (role, sample[0])
             total += sample[1]
             by_role[role] = by_role.get(role, 0) + sample[1]
