@@ -78,7 +78,10 @@ header parse, our Python glue and Beam's bookkeeping hold the GIL, so only the c
 Removed: no process of the job imports TensorFlow any more (about 2 s of CPU and 740 MB per
 process, three processes in a local job). The Example is built by protobuf from TensorFlow's
 schema and the shards are framed by Beam's TFRecord coder, byte-identical records
-(tests/test_example_codec.py, tests/test_tfrecord_shards.py). tfx-bsl's C++
+(tests/test_example_codec.py, tests/test_tfrecord_shards.py). Paired runs against the code
+before that change, minutes apart on the shared machine (multi_processing, no augmentation,
+measured once): 3,000 files 27.2 → 18.8 s of CPU and 2.98 → 1.26 GB peak; 14,863 files
+68.8 → 60.9 s of CPU and 3.76 → 2.01 GB peak. tfx-bsl's C++
 `RecordBatchToExamplesEncoder` was measured as the alternative and rejected: it orders the
 feature map differently on every call (200 distinct serializations of one record in 200
 calls), which would break same seed, same bytes.
