@@ -1,12 +1,61 @@
-"""Encodes a preprocessed image and its labels as tf.Examples (keys from `contract`)."""
+"""Encodes a preprocessed image and its labels as tf.Examples (keys from `contract`), without TensorFlow.
+
+The preprocess job's processes need the tf.Example message and nothing else from
+TensorFlow, whose import costs each of them about 2 s of CPU and 740 MB of memory
+(BENCHMARKS.md); a local job runs three such processes. So the message types of
+TensorFlow's `tensorflow/core/example/feature.proto` and `example.proto` are given
+to protobuf here, field for field, in a private descriptor pool (no clash with
+TensorFlow's own when both are loaded), and protobuf does all of the encoding. A
+record's bytes are exactly those of `tf.train.Example.SerializeToString(deterministic=True)`
+for the same content; tests/test_example_codec.py checks that against TensorFlow.
+tfx-bsl's C++ `RecordBatchToExamplesEncoder` was measured too and rejected: it orders
+the feature map differently on every call, so reruns would not give the same bytes.
+"""
 
 import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
-import tensorflow as tf
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from beam_pipelines import augmentation, contract, imaging
+
+_Field = descriptor_pb2.FieldDescriptorProto
+
+
+def _tf_example_schema() -> descriptor_pb2.FileDescriptorProto:
+    """TensorFlow's BytesList, FloatList, Int64List, Feature, Features and Example messages."""
+    schema = descriptor_pb2.FileDescriptorProto(
+        name="tensorflow/core/example/example.proto", package="tensorflow", syntax="proto3")
+    for name, value_type in (("BytesList", _Field.TYPE_BYTES), ("FloatList", _Field.TYPE_FLOAT),
+                             ("Int64List", _Field.TYPE_INT64)):
+        schema.message_type.add(name=name).field.add(
+            name="value", number=1, type=value_type, label=_Field.LABEL_REPEATED)
+    feature = schema.message_type.add(name="Feature")
+    feature.oneof_decl.add(name="kind")
+    for number, (name, type_name) in enumerate(
+            (("bytes_list", "BytesList"), ("float_list", "FloatList"), ("int64_list", "Int64List")), start=1):
+        feature.field.add(name=name, number=number, type=_Field.TYPE_MESSAGE, label=_Field.LABEL_OPTIONAL,
+                          type_name=f".tensorflow.{type_name}", oneof_index=0)
+    features = schema.message_type.add(name="Features")
+    entry = features.nested_type.add(name="FeatureEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=_Field.TYPE_STRING, label=_Field.LABEL_OPTIONAL)
+    entry.field.add(name="value", number=2, type=_Field.TYPE_MESSAGE, label=_Field.LABEL_OPTIONAL,
+                    type_name=".tensorflow.Feature")
+    features.field.add(name="feature", number=1, type=_Field.TYPE_MESSAGE, label=_Field.LABEL_REPEATED,
+                       type_name=".tensorflow.Features.FeatureEntry")
+    schema.message_type.add(name="Example").field.add(
+        name="features", number=1, type=_Field.TYPE_MESSAGE, label=_Field.LABEL_OPTIONAL,
+        type_name=".tensorflow.Features")
+    return schema
+
+
+_POOL = descriptor_pool.DescriptorPool()
+_POOL.Add(_tf_example_schema())
+Example, Features, Feature, BytesList, Int64List = (
+    message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"tensorflow.{name}"))
+    for name in ("Example", "Features", "Feature", "BytesList", "Int64List"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,18 +70,22 @@ class ExampleFields:
     augmentation: int = 0
 
 
-def _bytes(value: bytes | str) -> tf.train.Feature:
+def _bytes(value: bytes | str) -> Feature:
     if isinstance(value, str):
         value = value.encode("utf-8")
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+    return Feature(bytes_list=BytesList(value=[value]))
 
 
-def _int64(value: int) -> tf.train.Feature:
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+def _int64(value: int) -> Feature:
+    return Feature(int64_list=Int64List(value=[value]))
 
 
-def encode_example(png: bytes, height: int, width: int, fields: ExampleFields) -> tf.train.Example:
-    """Builds the record with exactly the keys in `contract.FEATURE_KEYS`."""
+def encode_example(png: bytes, height: int, width: int, fields: ExampleFields) -> Example:
+    """Builds the record with exactly the keys in `contract.FEATURE_KEYS`.
+
+    The result has tf.train.Example's wire format but is not a `tf.train.Example`
+    instance; `tf.train.Example.FromString(result.SerializeToString())` makes it one.
+    """
     if fields.label not in contract.CLASS_IDS:
         raise ValueError(f"unknown label {fields.label!r}; expected one of {contract.CLASS_NAMES}")
     feature = {
@@ -48,7 +101,7 @@ def encode_example(png: bytes, height: int, width: int, fields: ExampleFields) -
         contract.VIEW: _bytes(fields.view),
         contract.PATIENT_ID: _bytes(fields.patient_id),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature))
+    return Example(features=Features(feature=feature))
 
 
 def serialize_example(pixels: np.ndarray, fields: ExampleFields) -> bytes:

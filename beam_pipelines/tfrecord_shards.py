@@ -8,6 +8,12 @@ to a temporary name and renamed into place (`storage.atomic_output`), so a retri
 write replaces rather than duplicates it and an interrupted one leaves no partial
 shard. Records inside a shard are ordered by that hash, which spreads the augmented
 copies of one image instead of keeping them adjacent.
+
+Shards are framed by Beam's own TFRecord coder and GZIP-compressed by Beam's
+filesystems, so the job's processes never import TensorFlow. The records, and the
+TFRecord stream inside the GZIP container, are byte for byte what TensorFlow's
+writer produces (tests/test_tfrecord_shards.py); the GZIP container itself may
+differ, since zlib is called with its default memory level rather than TensorFlow's.
 """
 
 import hashlib
@@ -16,11 +22,15 @@ import typing
 from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
-import tensorflow as tf
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil
 
 from beam_pipelines import contract, storage
 
 DEFAULT_TARGET_SHARD_MB = 150
+# The contract names the compression as tf.data spells it ("GZIP"); Beam spells it "gzip".
+COMPRESSION = getattr(CompressionTypes, contract.TFRECORD_COMPRESSION)
 
 
 class EncodedExample(typing.NamedTuple):
@@ -52,9 +62,9 @@ class WriteShardFn(beam.DoFn):
         name = contract.shard_name(split, index, count)
         written = size = 0
         with storage.atomic_output(f"{self._output_dir.rstrip('/')}/{name}") as local_path, \
-                tf.io.TFRecordWriter(local_path, options=contract.TFRECORD_COMPRESSION) as writer:
+                FileSystems.create(local_path, compression_type=COMPRESSION) as handle:
             for _, serialized in sorted(records):
-                writer.write(serialized)
+                _TFRecordUtil.write_record(handle, serialized)
                 written += 1
                 size += len(serialized)
         self._shards.inc()

@@ -35,7 +35,8 @@ def example(label: str = "normal", size: int = IMAGE_SIZE, augmentation: int = 0
     pixels = np.full((size, size), 100, dtype=np.uint8)
     fields = example_codec.ExampleFields(label=label, image_id=f"{label}-0", source="test", view="PA",
                                          patient_id="0123abcd", augmentation=augmentation)
-    return example_codec.encode_example(imaging.encode_png(pixels), size, size, fields)
+    record = example_codec.encode_example(imaging.encode_png(pixels), size, size, fields)
+    return tf.train.Example.FromString(record.SerializeToString())
 
 
 def write_records(path: str, records: list[bytes]) -> None:
