@@ -42,6 +42,7 @@ RSNA_CLASS_INFO_FILE = "stage_2_detailed_class_info.csv"
 RSNA_IMAGES_DIR = "stage_2_train_images"
 RSNA_NORMAL = "Normal"
 RSNA_NOT_NORMAL = "No Lung Opacity / Not Normal"
+RSNA_OPACITY = "Lung Opacity"  # Target=1; the label file decides pneumonia, this class agrees with it
 NOT_NORMAL_POLICIES = ("exclude", "pneumonia")
 
 COVID_METADATA_FILE = "metadata.csv"
