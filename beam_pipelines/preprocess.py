@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import logging
 import sys
-import typing
 from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
@@ -32,7 +31,7 @@ from beam_pipelines import (
 )
 from beam_pipelines.manifest import WriteManifestFn, format_summary, read_manifest
 from beam_pipelines.options import build_pipeline_options, configure_logging
-from beam_pipelines.records import PreparedImage, Rejection, SourceImage, listing_location
+from beam_pipelines.records import Listing, PreparedImage, Rejection, SourceImage, listing_location
 from beam_pipelines.tfrecord_shards import (
     DEFAULT_TARGET_SHARD_MB,
     EncodedExample,
@@ -108,20 +107,6 @@ class ReadAndPrepareFn(beam.DoFn):
         return beam.pvalue.TaggedOutput(REJECTED, Rejection(
             source=image.source, stage=stage, kind=kind, reason=reason, image_id=image_id,
             listing=image.listing, line=image.line))
-
-
-class Listing(typing.NamedTuple):
-    """What duplicate detection compares of one listing of an image; sorts by where it is listed."""
-
-    source: str
-    listing: str
-    line: int
-    label: str
-    patient_match_key: str
-
-    @property
-    def row(self) -> tuple[str, str, int]:
-        return (self.source, self.listing, self.line)
 
 
 def listing_of(image: PreparedImage) -> tuple[str, Listing]:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import typing
 
 import numpy as np
 
@@ -96,3 +97,21 @@ class Rejection:
     @property
     def counter_key(self) -> str:
         return f"{self.stage}/{self.kind}"
+
+
+class Listing(typing.NamedTuple):
+    """What duplicate detection compares of one listing of an image; sorts by where it is listed.
+
+    Defined here, not in the job's module, so that workers can unpickle it by name when
+    the job runs as `python -m beam_pipelines.preprocess` (its module is then `__main__`).
+    """
+
+    source: str
+    listing: str
+    line: int
+    label: str
+    patient_match_key: str
+
+    @property
+    def row(self) -> tuple[str, str, int]:
+        return (self.source, self.listing, self.line)

@@ -7,6 +7,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import apache_beam as beam
 import numpy as np
@@ -22,6 +24,7 @@ from beam_pipelines.records import PreparedImage, SourceImage
 from beam_pipelines.synthesize import dicom_writer, phantom
 from beam_pipelines.synthesize import pipeline as synthesize
 
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATIENT_KEY = "test-patient-key-0123456789"
 KEY_FLAG = f"--patient_key={PATIENT_KEY}"
 IMAGE_SIZE = 32
@@ -386,3 +389,19 @@ def test_duplicate_reasons_name_the_conflict_and_the_rows():
     assert verdicts == {("csv", "--csv", 5): ("duplicate_conflict", reason),
                         ("csv", "--csv", 6): ("duplicate_conflict", reason)}
     assert dict(preprocess.duplicate_verdicts("h", listings[:1])) == {}
+
+
+def test_the_command_line_job_writes_the_same_records(job, raw_dir, tmp_path):
+    """`python -m beam_pipelines.preprocess` runs the job's module as `__main__`: whatever crosses
+    a worker process boundary must still be importable by name there."""
+    output_dir = str(tmp_path / "cli")
+    completed = subprocess.run(
+        [sys.executable, "-m", "beam_pipelines.preprocess", f"--rsna_dir={raw_dir}/rsna",
+         f"--covid_dir={raw_dir}/covid", f"--csv={raw_dir}/own.csv", f"--output_dir={output_dir}",
+         f"--image_size={IMAGE_SIZE}", f"--augment={AUGMENT_FLAG}", "--seed=5", "--target_shard_mb=0.02", KEY_FLAG,
+         "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+        cwd=REPOSITORY, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    for split in contract.SPLITS:
+        assert ([example.SerializeToString() for example in read_records(output_dir, split)]
+                == [example.SerializeToString() for example in read_records(job[0], split)]), split
