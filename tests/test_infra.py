@@ -191,6 +191,7 @@ PREPROCESS_SAMPLES = {
     "rsna_not_normal": "pneumonia",
     "patient_key": "a-secret",
     "target_shard_mb": "150.5",
+    "min_shards": "32",
 }
 PREDICT_SAMPLES = {
     "model_dir": "gs://bucket/models/run-1/model/export",
