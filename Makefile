@@ -29,17 +29,16 @@ demo: install
 	@echo "==> 3/5 training ResNet50 from random weights on the CPU (a few minutes)"
 	$(PYTHON) -m trainer.task --data_dir $(DEMO_DIR)/tfrecords --job_dir $(DEMO_DIR)/model \
 		--image_size 128 --batch_size 16 --stage1_epochs 3 --stage2_epochs 3 --steps_per_epoch 30 \
-		--stage2_learning_rate 3e-4 --weights none
+		--stage1_learning_rate 2e-3 --stage2_learning_rate 6e-4 --weights none
 	@echo "==> 4/5 batch prediction over 8 synthetic DICOMs"
 	(echo image_uri; cd $(DEMO_DIR) && ls raw/rsna/stage_2_train_images/*.dcm | head -n 8) \
 		> $(DEMO_DIR)/predict_inputs.csv
 	$(PYTHON) -m beam_pipelines.predict --model_dir $(DEMO_DIR)/model/export \
-		--input_pattern $(DEMO_DIR)/predict_inputs.csv --output_path $(DEMO_DIR)/predictions/predictions \
-		--image_size 128
+		--input_pattern $(DEMO_DIR)/predict_inputs.csv --output_path $(DEMO_DIR)/predictions/predictions
 	cat $(DEMO_DIR)/predictions/predictions-00000-of-00001.csv
 	@echo "==> 5/5 one study with a Grad-CAM heat map"
-	0VENV)/bin/cxr-predict $(DEMO_DIR)/$$(sed -n 2p $(DEMO_DIR)/predict_inputs.csv) \
-		--model_dir $(DEMO_DIR)/model --image_size 128 --gradcam $(DEMO_DIR)/gradcam.png
+	$(VENV)/bin/cxr-predict $(DEMO_DIR)/$$(sed -n 2p $(DEMO_DIR)/predict_inputs.csv) \
+		--model_dir $(DEMO_DIR)/model --gradcam $(DEMO_DIR)/gradcam.png
 	@echo "demo outputs are under $(DEMO_DIR)/ (evaluation: $(DEMO_DIR)/model/eval/, heat map: $(DEMO_DIR)/gradcam.png)"
 
 test: install

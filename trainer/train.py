@@ -281,19 +281,8 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy) -> dict[str, dict
     store = checkpoints.TrainCheckpoints(paths.checkpoint_dir, chief, config.keep_checkpoints)
     latest = store.latest()
     if latest:
-        tf.train.Checkpoint(model=model, state=state).read(latest).expect_partial()
-        stage = _stage_of_epoch(stages, int(state.epoch))
-        logging.info("resuming from checkpoint %s: stage %d step %d (epoch %d, step %d of %d in the epoch)", latest,
-                     stage.number, int(state.step), int(state.epoch) + 1, int(state.step_in_epoch),
-                     settings.steps_per_epoch)
-
-    cached = input_pipeline.choose_cache(config.cache, {
-        "train": input_pipeline.decoded_bytes(data["train"].num_examples / distribution.worker_count(strategy),
-                                              config.image_size),
-        "val": input_pipeline.decoded_bytes(data["val"].num_examples, config.image_size),
-    }, int(config.cache_budget_gb * GIGABYTE))
-    logging.info("decoded images cached in memory after their first pass (--cache %s, budget %g GB): %s",
-                 config.cache, config.cache_budget_gb, ", ".join(sorted(cached)) or "none")
+        _resume_counters_and_weights(latest, model, state, stages, settings.steps_per_epoch)
+    cached = _cached_splits(config, data, distribution.worker_count(strategy))
     val_data = input_pipeline.eval_dataset(data["val"], config.image_size, settings.global_batch_size,
                                            cache="val" in cached)
     if int(state.epoch) < stages[-1].end_epoch:
@@ -340,6 +329,26 @@ def validation_metrics(model: keras.Model, val_data: tf.data.Dataset) -> dict[st
     true_class = predictions.probabilities[np.arange(len(predictions.labels)), predictions.labels]
     return {"val_loss": float(-np.mean(np.log(np.clip(true_class, keras.config.epsilon(), 1.0)))),
             "val_accuracy": metrics["accuracy"], "val_roc_auc": metrics["macro"]["roc_auc"]}
+
+
+def _resume_counters_and_weights(latest: str, model: keras.Model, state: checkpoints.TrainingState,
+                                 stages: Sequence[Stage], steps_per_epoch: int) -> None:
+    """Loads the model and counters of `latest` (the running stage's optimizer is loaded once built)."""
+    tf.train.Checkpoint(model=model, state=state).read(latest).expect_partial()
+    stage = _stage_of_epoch(stages, int(state.epoch))
+    logging.info("resuming from checkpoint %s: stage %d step %d (epoch %d, step %d of %d in the epoch)", latest,
+                 stage.number, int(state.step), int(state.epoch) + 1, int(state.step_in_epoch), steps_per_epoch)
+
+
+def _cached_splits(config: TrainConfig, data: dict[str, input_pipeline.SplitData], workers: int) -> set[str]:
+    """The splits whose decoded images stay in memory; each worker caches only its share of train."""
+    cached = input_pipeline.choose_cache(config.cache, {
+        "train": input_pipeline.decoded_bytes(data["train"].num_examples / workers, config.image_size),
+        "val": input_pipeline.decoded_bytes(data["val"].num_examples, config.image_size),
+    }, int(config.cache_budget_gb * GIGABYTE))
+    logging.info("decoded images cached in memory after their first pass (--cache %s, budget %g GB): %s",
+                 config.cache, config.cache_budget_gb, ", ".join(sorted(cached)) or "none")
+    return cached
 
 
 def _loop_settings(config: TrainConfig, train: input_pipeline.SplitData, replicas: int) -> LoopSettings:
