@@ -43,17 +43,16 @@ demo: install
 	@echo "==> 3/5 train ResNet50 from random weights on the CPU into $(DEMO_DIR)/model/ (a few minutes)"
 	@$(PYTHON) -m trainer.task --data_dir $(DEMO_DIR)/tfrecords --job_dir $(DEMO_DIR)/model \
 		--image_size 128 --batch_size 16 --stage1_epochs 3 --stage2_epochs 3 --steps_per_epoch 30 \
-		--stage2_learning_rate 3e-4 --weights none $(QUIET_TF)
+		--stage1_learning_rate 2e-3 --stage2_learning_rate 6e-4 --weights none $(QUIET_TF)
 	@echo "==> 4/5 batch prediction over 8 synthetic DICOMs into $(DEMO_DIR)/predictions/"
 	@(echo image_uri; cd $(DEMO_DIR) && ls raw/rsna/stage_2_train_images/*.dcm | head -n 8) \
 		> $(DEMO_DIR)/predict_inputs.csv
 	@$(PYTHON) -m beam_pipelines.predict --model_dir $(DEMO_DIR)/model/export \
-		--input_pattern $(DEMO_DIR)/predict_inputs.csv --output_path $(DEMO_DIR)/predictions/predictions \
-		--image_size 128 $(QUIET_TF)
+		--input_pattern $(DEMO_DIR)/predict_inputs.csv --output_path $(DEMO_DIR)/predictions/predictions $(QUIET_TF)
 	@cat $(DEMO_DIR)/predictions/predictions-00000-of-00001.csv
 	@echo "==> 5/5 one study with a Grad-CAM heat map, $(DEMO_DIR)/gradcam.png"
 	@$(VENV)/bin/cxr-predict $(DEMO_DIR)/$$(sed -n 2p $(DEMO_DIR)/predict_inputs.csv) \
-		--model_dir $(DEMO_DIR)/model --image_size 128 --gradcam $(DEMO_DIR)/gradcam.png $(QUIET_TF)
+		--model_dir $(DEMO_DIR)/model --gradcam $(DEMO_DIR)/gradcam.png $(QUIET_TF)
 	@echo "demo outputs are under $(DEMO_DIR)/ (evaluation: $(DEMO_DIR)/model/eval/, heat map: $(DEMO_DIR)/gradcam.png)"
 
 # The walkthrough block of docs/cloud.md, every path on gs:// of a Cloud Storage emulator on 127.0.0.1.

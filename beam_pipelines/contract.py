@@ -55,6 +55,18 @@ PNG_INPUT: Final = "image_png"
 PROBABILITIES_OUTPUT: Final = "probabilities"
 CLASS_ID_OUTPUT: Final = "class_id"
 
+# The SavedModel carries the contract it was trained under: a `metadata` signature without
+# inputs returns these outputs, so serving needs no flag that repeats training's choices.
+SERVING_METADATA_SIGNATURE: Final = "metadata"
+METADATA_IMAGE_SIZE: Final = "image_size"
+METADATA_CLASS_NAMES: Final = "class_names"
+METADATA_PREPROCESSING_VERSION: Final = "preprocessing_version"
+METADATA_TRAINING_CONFIG: Final = "training_config"
+# Version of the pixels a model sees: `imaging.preprocess_image` (file → uint8 square) and
+# `trainer.features.decode_image` (PNG → model input). Bump it when either changes, so a
+# model trained on older pixels can be told apart.
+PREPROCESSING_VERSION: Final = 1
+
 
 def shard_pattern(split: str) -> str:
     """Glob (relative to the output dir) matching every shard of one split."""

@@ -33,6 +33,7 @@ from beam_pipelines.manifest import WriteManifestFn, format_summary, read_manife
 from beam_pipelines.options import build_pipeline_options, configure_logging
 from beam_pipelines.records import Listing, PreparedImage, Rejection, SourceImage, listing_location
 from beam_pipelines.tfrecord_shards import (
+    DEFAULT_MIN_TRAIN_SHARDS,
     DEFAULT_TARGET_SHARD_MB,
     EncodedExample,
     WriteShardedTFRecords,
@@ -258,7 +259,7 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
     examples = deduplicated.unique | "ExpandAndEncode" >> beam.ParDo(
         ExpandExamplesFn(args.seed), multipliers=beam.pvalue.AsSingleton(multipliers))
     shards = examples | "WriteShards" >> WriteShardedTFRecords(
-        args.output_dir, int(args.target_shard_mb * 1024 * 1024))
+        args.output_dir, int(args.target_shard_mb * 1024 * 1024), args.min_shards)
 
     rejected = ((listed[REJECTED], prepared[REJECTED], deduplicated[REJECTED]) | "AllRejected" >> beam.Flatten())
     rejected_files = (rejected
@@ -336,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "Images whose CSV and header state no view are kept.")
     parser.add_argument("--target_shard_mb", type=float, default=DEFAULT_TARGET_SHARD_MB,
                         help="Approximate size of one TFRecord shard.")
+    parser.add_argument("--min_shards", type=int, default=DEFAULT_MIN_TRAIN_SHARDS,
+                        help="Fewest train shards, however small the data, so that each machine of a "
+                             "multi-worker training job reads its own files (some may be empty).")
     parser.add_argument("--overwrite", action="store_true",
                         help="Delete an earlier run's shards, rejected records, manifest and temporary files first.")
     return parser
@@ -356,6 +360,8 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error("--target_shard_mb must be positive")
     if not args.max_megapixels > 0:
         parser.error("--max_megapixels must be positive")
+    if args.min_shards < 1:
+        parser.error(f"--min_shards must be at least 1, got {args.min_shards}")
     try:
         splitting.parse_split(args.split)
         augmentation.parse_multipliers(args.augment)

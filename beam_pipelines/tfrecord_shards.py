@@ -2,12 +2,15 @@
 
 Beam's WriteToTFRecord needs the shard count when the pipeline is built, but the
 right count depends on how many bytes each split ends up with. Here the count is
-computed inside the pipeline (total bytes / target shard size), every example is
-assigned to a shard by a hash of its key, and each shard is written by one worker
-to a temporary name and renamed into place (`storage.atomic_output`), so a retried
-write replaces rather than duplicates it and an interrupted one leaves no partial
-shard. Records inside a shard are ordered by that hash, which spreads the augmented
-copies of one image instead of keeping them adjacent.
+computed inside the pipeline (total bytes / target shard size, and for train at
+least `min_train_shards`, so that every machine of a multi-worker training job reads
+its own files), every example is assigned to a shard by a hash of its key, and each
+shard is written by one worker to a temporary name and renamed into place
+(`storage.atomic_output`), so a retried write replaces rather than duplicates it and
+an interrupted one leaves no partial shard. Every shard of the count is written, empty
+if no example hashed to it, so `-of-NNNNN` always names complete sets. Records inside a
+shard are ordered by that hash, which spreads the augmented copies of one image instead
+of keeping them adjacent.
 
 Shards are framed by Beam's own TFRecord coder and GZIP-compressed by Beam's
 filesystems, so the job's processes never import TensorFlow. The records, and the
@@ -31,6 +34,7 @@ from beam_pipelines import contract, storage
 DEFAULT_TARGET_SHARD_MB = 150
 # The contract names the compression as tf.data spells it ("GZIP"); Beam spells it "gzip".
 COMPRESSION = getattr(CompressionTypes, contract.TFRECORD_COMPRESSION)
+DEFAULT_MIN_TRAIN_SHARDS = 16
 
 
 class EncodedExample(typing.NamedTuple):
@@ -45,20 +49,21 @@ def shard_order_key(example: EncodedExample) -> str:
     return hashlib.sha256(f"{example.key}\x1f{example.augmentation}".encode("utf-8")).hexdigest()
 
 
-def shard_count(total_bytes: int, target_shard_bytes: int) -> int:
-    return max(1, math.ceil(total_bytes / target_shard_bytes))
+def shard_count(total_bytes: int, target_shard_bytes: int, minimum: int = 1) -> int:
+    return max(minimum, 1, math.ceil(total_bytes / target_shard_bytes))
 
 
 class WriteShardFn(beam.DoFn):
-    """Writes one shard (all its records, in order) and reports what it wrote."""
+    """Writes one shard (all its records, in order; possibly none) and reports what it wrote."""
 
     def __init__(self, output_dir: str):
         self._output_dir = output_dir
         self._shards = beam.metrics.Metrics.counter("write", "shards_written")
         self._records = beam.metrics.Metrics.counter("write", "records_written")
 
-    def process(self, element: tuple[tuple[str, int, int], Iterable[tuple[str, bytes]]]) -> Iterator[dict]:
-        (split, index, count), records = element
+    def process(self, element: tuple[tuple[str, int, int], dict[str, Iterable]]) -> Iterator[dict]:
+        (split, index, count), grouped = element
+        records = grouped["records"]
         name = contract.shard_name(split, index, count)
         written = size = 0
         with storage.atomic_output(f"{self._output_dir.rstrip('/')}/{name}") as local_path, \
@@ -75,24 +80,31 @@ class WriteShardFn(beam.DoFn):
 class WriteShardedTFRecords(beam.PTransform):
     """EncodedExamples → `{split}-SSSSS-of-NNNNN.tfrecord.gz`; outputs one dict per shard."""
 
-    def __init__(self, output_dir: str, target_shard_bytes: int):
+    def __init__(self, output_dir: str, target_shard_bytes: int, min_train_shards: int = DEFAULT_MIN_TRAIN_SHARDS):
         super().__init__()
         self._output_dir = output_dir
         self._target_shard_bytes = target_shard_bytes
+        self._min_train_shards = min_train_shards
 
     def expand(self, examples):
-        target = self._target_shard_bytes
+        target, min_train_shards = self._target_shard_bytes, self._min_train_shards
+
+        def count_shards(split: str, total_bytes: int) -> tuple[str, int]:
+            return split, shard_count(total_bytes, target, min_train_shards if split == "train" else 1)
+
         counts = (examples
                   | "BytesPerSplit" >> beam.Map(lambda example: (example.split, len(example.serialized)))
                   | "SumBytes" >> beam.CombinePerKey(sum)
-                  | "ShardCount" >> beam.MapTuple(lambda split, total: (split, shard_count(total, target))))
+                  | "ShardCount" >> beam.MapTuple(count_shards))
 
         def assign(example: EncodedExample, shard_counts: dict[str, int]):
             order = shard_order_key(example)
             count = shard_counts[example.split]
             return (example.split, int(order[:15], 16) % count, count), (order, example.serialized)
 
-        return (examples
-                | "AssignShard" >> beam.Map(assign, shard_counts=beam.pvalue.AsDict(counts))
-                | "GroupShards" >> beam.GroupByKey()
+        every_shard = counts | "EveryShard" >> beam.FlatMapTuple(
+            lambda split, count: [((split, index, count), None) for index in range(count)])
+        records = examples | "AssignShard" >> beam.Map(assign, shard_counts=beam.pvalue.AsDict(counts))
+        return ({"shard": every_shard, "records": records}
+                | "GroupShards" >> beam.CoGroupByKey()
                 | "WriteShards" >> beam.ParDo(WriteShardFn(self._output_dir)))

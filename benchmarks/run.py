@@ -3,7 +3,7 @@
 import argparse
 import os
 
-from benchmarks import data_plane, input_pipeline
+from benchmarks import data_plane, input_pipeline, trainer_loop
 
 HEADER = """# Benchmarks
 
@@ -28,6 +28,7 @@ def main() -> None:
         data_plane.main([f"--work_dir={args.work_dir}", "--full" if args.full else "--no-full",
                          f"--note={args.note}"]),
         input_pipeline.main([f"--work_dir={os.path.join(args.work_dir, 'input_pipeline')}"]),
+        trainer_loop.main([f"--work_dir={os.path.join(args.work_dir, 'trainer_loop')}"]),
     ]
     with open(args.output, "w") as handle:
         handle.write(HEADER + "\n".join(sections))

@@ -3,11 +3,12 @@
     python -m beam_pipelines.predict --model_dir JOB_DIR/export \
         --input_pattern 'gs://bucket/incoming/*.dcm' \
         --output_path gs://bucket/predictions/run-001/predictions \
-        [--image_size 128] [--runner DataflowRunner --project P --region R ...]
+        [--runner DataflowRunner --project P --region R ...]
 
 Steps: list the inputs (a glob of DICOM/PNG/JPEG files, or a CSV whose `image_uri` column
 names them) → Reshuffle → read each file and turn it into the record the model serves on,
-with `imaging.preprocess_image`, the function that made the training records → tfx-bsl
+with `imaging.preprocess_image`, the function that made the training records, at the image
+size the model states (`serving.model_store`) → tfx-bsl
 in-process inference through the exported `serving_default` signature, keyed by uri →
 `PREFIX-00000-of-00001.csv` (`uri,predicted_class,p_normal,p_pneumonia,p_covid19`).
 Inputs that cannot be read or decoded go to `rejected-00000-of-00001.jsonl` in the same
@@ -19,7 +20,6 @@ predictions make one manageable CSV, and no shard of an earlier run can linger a
 import argparse
 import csv
 import io
-import posixpath
 from collections.abc import Iterator
 
 import apache_beam as beam
@@ -36,6 +36,7 @@ from tfx_bsl.public.proto import model_spec_pb2
 from beam_pipelines import contract, imaging, reading, sources
 from beam_pipelines.options import build_pipeline_options
 from beam_pipelines.records import Rejection
+from serving import model_store
 
 REJECTED = sources.REJECTED
 METRICS_NAMESPACE = "predict"
@@ -189,16 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m beam_pipelines.predict", description=__doc__.split("\n")[0],
         epilog="All other flags are Beam pipeline options (--runner, --project, --region, ...).")
-    parser.add_argument("--model_dir", required=True, help="The trainer's export/ SavedModel folder.")
+    parser.add_argument("--model_dir", required=True,
+                        help="The trainer's export/ SavedModel folder (or the job dir that holds it).")
     parser.add_argument("--input_pattern", required=True,
                         help="Glob of DICOM/PNG/JPEG files, or a .csv whose image_uri column lists them "
                              "(relative uris resolve next to the CSV).")
     parser.add_argument("--output_path", required=True,
                         help="Prefix of the prediction CSV, e.g. out/predictions → out/predictions-00000-of-00001.csv; "
                              "rejected-00000-of-00001.jsonl goes to the same folder.")
-    parser.add_argument("--image_size", type=int, default=contract.DEFAULT_IMAGE_SIZE,
-                        help="Side of the square images the model was trained on (the preprocess and trainer "
-                             "--image_size); checked against the model before the job starts.")
+    parser.add_argument("--image_size", type=int,
+                        help="Deprecated: the model states its image size. Only for models exported before "
+                             f"they did (default {contract.DEFAULT_IMAGE_SIZE}); must match the model otherwise.")
     return parser
 
 
@@ -214,31 +216,42 @@ def input_problem(input_pattern: str) -> str | None:
     return None
 
 
-def model_problem(model_dir: str, image_size: int) -> str | None:
-    """Runs `serving_default` once on a blank image: a model of another size fails here, not on workers."""
-    if not tf.io.gfile.exists(posixpath.join(model_dir, tf.saved_model.SAVED_MODEL_FILENAME_PB)):
-        return f"{model_dir} is not a SavedModel folder; pass the trainer's export/ folder"
-    signatures = tf.saved_model.load(model_dir).signatures
-    if contract.SERVING_EXAMPLES_SIGNATURE not in signatures:
-        return f"the SavedModel at {model_dir} has no {contract.SERVING_EXAMPLES_SIGNATURE} signature"
+def load_model(model_dir: str, requested_size: int | None) -> tuple[str, int]:
+    """The export folder and the image size it serves at; runs `serving_default` once on a blank image.
+
+    Raises:
+      model_store.ModelStoreError: no servable model, or `requested_size` contradicts its contract.
+    """
+    loaded = model_store.load(model_dir)
+    image_size = model_store.image_size(loaded, requested_size)
+    if contract.SERVING_EXAMPLES_SIGNATURE not in loaded.signatures:
+        raise model_store.ModelStoreError(
+            f"the SavedModel at {loaded.export_dir} has no {contract.SERVING_EXAMPLES_SIGNATURE} signature")
     blank = serving_example(imaging.encode_png(np.zeros((image_size, image_size), dtype=np.uint8)))
     try:
-        signatures[contract.SERVING_EXAMPLES_SIGNATURE](tf.constant([blank]))
-    except tf.errors.InvalidArgumentError:
-        return (f"the model at {model_dir} does not take {image_size}x{image_size} images; "
-                "pass the --image_size it was trained with")
-    return None
+        loaded.signatures[contract.SERVING_EXAMPLES_SIGNATURE](tf.constant([blank]))
+    except tf.errors.InvalidArgumentError as error:
+        raise model_store.ModelStoreError(
+            f"the model at {loaded.export_dir} does not take {image_size}x{image_size} images; "
+            "pass the --image_size it was trained with") from error
+    return loaded.export_dir, image_size
 
 
-def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Fails fast, before any work, on bad flags, a missing input or a model of another size."""
-    if args.image_size < 1:
-        parser.error(f"--image_size must be positive, got {args.image_size}")
+def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, int]:
+    """Fails fast, before any work, on bad flags, a missing input or an unusable model.
+
+    Returns the model's export folder and the image size it was trained on.
+    """
+    if args.image_size is not None and (problem := contract.image_size_problem(args.image_size)):
+        parser.error(f"--image_size: {problem}")
     if args.output_path.endswith("/"):
         parser.error(f"--output_path is a file prefix such as out/predictions, not a folder: {args.output_path}")
-    for problem in (input_problem(args.input_pattern), model_problem(args.model_dir, args.image_size)):
-        if problem:
-            parser.error(problem)
+    if problem := input_problem(args.input_pattern):
+        parser.error(problem)
+    try:
+        return load_model(args.model_dir, args.image_size)
+    except model_store.ModelStoreError as error:
+        parser.error(str(error))
 
 
 def format_summary(result: PipelineResult, args: argparse.Namespace) -> str:
@@ -258,7 +271,7 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     """Runs the job and waits for it; prints a one-line summary."""
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
-    validate_args(parser, args)
+    args.model_dir, args.image_size = validate_args(parser, args)
     pipeline = beam.Pipeline(options=build_pipeline_options(beam_args))
     build_pipeline(pipeline, args)
     result = pipeline.run()

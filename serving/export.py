@@ -1,23 +1,28 @@
-"""Exports the trained model as a SavedModel with two serving signatures.
+"""Exports the trained model as a SavedModel that carries its own contract.
 
-Signatures (batch prediction and tfx-bsl RunInference depend on these names):
+Signatures (batch prediction, tfx-bsl RunInference and cxr-predict depend on these names):
   serving_default(examples: tf.string [None]) — serialized tf.Examples of
       `beam_pipelines.contract`; only `image/encoded` is read, so unlabeled records work.
   predict_png(image_png: tf.string [None]) — 8-bit grayscale PNGs as written by
       `beam_pipelines.imaging.encode_png` at the training image size.
-Both return {'probabilities': float32 [N, 3], 'class_id': int64 [N]}, the class ids
-indexing `contract.CLASS_NAMES`. Both decode through `trainer.features.decode_image`.
+  metadata() — no inputs; the `serving.model_store.ModelContract`: image size, class names
+      in output order, preprocessing version and the training configuration (JSON).
+The first two return {'probabilities': float32 [N, 3], 'class_id': int64 [N]}, the class ids
+indexing `contract.CLASS_NAMES`; both decode through `trainer.features.decode_image`. The
+SavedModel holds the model's weights only: no optimizer state.
 """
 
 import keras
 import tensorflow as tf
 
 from beam_pipelines import contract
+from serving import model_store
 from trainer import features
 
 
-def export_saved_model(model: keras.Model, export_dir: str, image_size: int) -> None:
-    """Writes the SavedModel with the `serving_default` and `predict_png` signatures."""
+def export_saved_model(model: keras.Model, export_dir: str, model_contract: model_store.ModelContract) -> None:
+    """Writes the SavedModel with the `serving_default`, `predict_png` and `metadata` signatures."""
+    image_size = model_contract.image_size
 
     def predict(images: tf.Tensor) -> dict[str, tf.Tensor]:
         probabilities = tf.cast(model(images, training=False), tf.float32)
@@ -37,5 +42,5 @@ def export_saved_model(model: keras.Model, export_dir: str, image_size: int) -> 
                          input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)])
     archive.add_endpoint(contract.SERVING_PNG_SIGNATURE, from_png,
                          input_signature=[tf.TensorSpec([None], tf.string, name=contract.PNG_INPUT)])
+    archive.add_endpoint(contract.SERVING_METADATA_SIGNATURE, model_contract.as_tensors, input_signature=[])
     archive.write_out(export_dir, verbose=False)
-

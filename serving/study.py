@@ -2,7 +2,8 @@
 
 Prints the predicted class and the three class probabilities for one DICOM, PNG or JPEG,
 computed as batch prediction computes them: `imaging.preprocess_image`, the training
-preprocessing, then the exported `predict_png` signature. `--gradcam` also writes the
+preprocessing, at the image size the model states (`serving.model_store`), then the
+exported `predict_png` signature. `--gradcam` also writes the
 image with a Grad-CAM heat map over it (see serving.gradcam), made with the Keras model
 the trainer saves next to its export.
 
@@ -18,7 +19,6 @@ import numpy as np
 from beam_pipelines import contract, imaging
 
 PROG = "cxr-predict"
-EXPORT_DIR = "export"
 
 
 class StudyError(Exception):
@@ -30,21 +30,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("file", help="A DICOM, PNG or JPEG chest X-ray (local path).")
     parser.add_argument("--model_dir", required=True,
                         help="The trainer's --job_dir, or its export/ folder (local or gs://).")
-    parser.add_argument("--image_size", type=int, default=contract.DEFAULT_IMAGE_SIZE,
-                        help="Side of the square images the model was trained on (the trainer's --image_size).")
+    parser.add_argument("--image_size", type=int,
+                        help="Deprecated: the model states its image size. Only for models exported before "
+                             f"they did (default {contract.DEFAULT_IMAGE_SIZE}); must match the model otherwise.")
     parser.add_argument("--gradcam", metavar="OUT.png",
                         help="Also write the image with its Grad-CAM heat map for the predicted class "
                              "(needs model.keras, which the trainer writes in its job dir).")
     return parser
 
 
-def read_study(path: str, image_size: int) -> np.ndarray:
-    """The file's pixels as the model sees them: uint8 grayscale [image_size, image_size]."""
+def read_study(path: str) -> bytes:
+    """The file's bytes."""
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
+            return handle.read()
     except OSError as error:
         raise StudyError(f"cannot read {path}: {error.strerror or error}") from error
+
+
+def decode_study(data: bytes, path: str, image_size: int) -> np.ndarray:
+    """The study's pixels as the model sees them: uint8 grayscale [image_size, image_size]."""
     try:
         return imaging.preprocess_image(data, image_size, path).pixels
     except imaging.ImageDecodeError as error:
@@ -58,28 +63,35 @@ def format_prediction(class_id: int, probabilities: np.ndarray) -> list[str]:
     return lines
 
 
-def predict_study(pixels: np.ndarray, model_dir: str, gradcam_path: str | None) -> list[str]:
-    """Runs the exported model (and Grad-CAM on request); returns the lines to print."""
+def predict_study(data: bytes, path: str, pixels: np.ndarray, model_dir: str, requested_size: int | None,
+                  gradcam_path: str | None) -> list[str]:
+    """Runs the exported model at the size its contract states (and Grad-CAM on request); returns the lines to print.
+
+    `pixels` were decoded before TensorFlow loaded, at `requested_size` or the default; the
+    study is decoded again only if the model takes another size.
+    """
     import tensorflow as tf  # Deferred: see the module docstring.
 
-    from serving import gradcam
+    from serving import gradcam, model_store
 
-    export_dir = next((candidate for candidate in (model_dir, os.path.join(model_dir, EXPORT_DIR))
-                       if tf.io.gfile.exists(os.path.join(candidate, tf.saved_model.SAVED_MODEL_FILENAME_PB))),
-                      None)
-    if export_dir is None:
-        raise StudyError(f"{model_dir} holds no SavedModel; pass the trainer's job dir or its {EXPORT_DIR}/ folder")
-    predict_png = tf.saved_model.load(export_dir).signatures[contract.SERVING_PNG_SIGNATURE]
+    try:
+        loaded = model_store.load(model_dir)
+        image_size = model_store.image_size(loaded, requested_size)
+    except model_store.ModelStoreError as error:
+        raise StudyError(str(error)) from error
+    if pixels.shape[0] != image_size:
+        pixels = decode_study(data, path, image_size)
+    predict_png = loaded.signatures[contract.SERVING_PNG_SIGNATURE]
     try:
         outputs = predict_png(**{contract.PNG_INPUT: tf.constant([imaging.encode_png(pixels)])})
     except tf.errors.InvalidArgumentError as error:
-        raise StudyError(f"the model in {export_dir} does not take {pixels.shape[0]}x{pixels.shape[1]} images; "
+        raise StudyError(f"the model in {loaded.export_dir} does not take {image_size}x{image_size} images; "
                          "pass the --image_size it was trained with") from error
     class_id = int(outputs[contract.CLASS_ID_OUTPUT][0])
     lines = format_prediction(class_id, outputs[contract.PROBABILITIES_OUTPUT].numpy()[0])
     if gradcam_path:
         try:
-            model = gradcam.load_model(os.path.dirname(export_dir.rstrip("/")))
+            model = gradcam.load_model(os.path.dirname(loaded.export_dir.rstrip("/")))
         except FileNotFoundError as error:
             raise StudyError(str(error)) from error
         heat_map = gradcam.grad_cam(model, pixels, class_id)
@@ -95,11 +107,12 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point; exits with status 1 and a one-line message on a problem."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.image_size < 1:
-        parser.error(f"--image_size must be positive, got {args.image_size}")
+    if args.image_size is not None and (problem := contract.image_size_problem(args.image_size)):
+        parser.error(f"--image_size: {problem}")
     try:
-        pixels = read_study(args.file, args.image_size)
-        lines = predict_study(pixels, args.model_dir, args.gradcam)
+        data = read_study(args.file)
+        pixels = decode_study(data, args.file, args.image_size or contract.DEFAULT_IMAGE_SIZE)
+        lines = predict_study(data, args.file, pixels, args.model_dir, args.image_size, args.gradcam)
     except StudyError as error:
         raise SystemExit(f"{PROG}: {error}") from None
     print("\n".join(lines))

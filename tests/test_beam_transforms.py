@@ -86,7 +86,8 @@ def test_sharded_writer_sizes_and_names_the_shards(beam_pipeline, tmp_path):
     with beam_pipeline as pipeline:
         shards = (pipeline
                   | beam.Create(examples)
-                  | tfrecord_shards.WriteShardedTFRecords(str(tmp_path), target_shard_bytes=4000))
+                  | tfrecord_shards.WriteShardedTFRecords(str(tmp_path), target_shard_bytes=4000,
+                                                         min_train_shards=1))
         assert_that(shards | beam.Map(lambda shard: shard["file"]), equal_to(
             [contract.shard_name("train", index, 3) for index in range(3)] + [contract.shard_name("val", 0, 1)]))
     written = sorted(os.path.basename(path) for path in glob.glob(str(tmp_path / "*")))
@@ -195,7 +196,7 @@ def test_rejections_serialise_to_one_json_object():
 
 
 def test_shard_writer_writes_one_shard_in_record_order(beam_pipeline, tmp_path):
-    grouped = [(("test", 1, 2), [("b-order", b"second"), ("a-order", b"first")])]
+    grouped = [(("test", 1, 2), {"records": [("b-order", b"second"), ("a-order", b"first")]})]
     with beam_pipeline as pipeline:
         written = pipeline | beam.Create(grouped) | beam.ParDo(tfrecord_shards.WriteShardFn(str(tmp_path)))
         assert_that(written, equal_to([{"split": "test", "file": contract.shard_name("test", 1, 2),

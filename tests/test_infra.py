@@ -194,6 +194,7 @@ PREPROCESS_SAMPLES = {
     "max_megapixels": "80",
     "allowed_views": "PA,AP,AP SUPINE,LL",
     "target_shard_mb": "150.5",
+    "min_shards": "32",
 }
 PREDICT_SAMPLES = {
     "model_dir": "gs://bucket/models/run-1/model/export",

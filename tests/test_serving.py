@@ -10,6 +10,7 @@ import csv
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -22,7 +23,7 @@ from PIL import Image
 from beam_pipelines import contract, imaging, preprocess, sources, splitting
 from beam_pipelines.synthesize import dicom_writer, phantom
 from serving import batch_predict as predict
-from serving import export, gradcam, study
+from serving import export, gradcam, model_store, study
 from trainer import features
 from trainer import model as model_lib
 
@@ -55,13 +56,19 @@ def probabilities(row: dict[str, str]) -> np.ndarray:
     return np.array([float(row[f"p_{name}"]) for name in contract.CLASS_NAMES])
 
 
+def model_contract(**changes) -> model_store.ModelContract:
+    fields = {"image_size": IMAGE_SIZE, "class_names": contract.CLASS_NAMES,
+              "preprocessing_version": contract.PREPROCESSING_VERSION, "training_config": {"batch_size": 4}}
+    return model_store.ModelContract(**{**fields, **changes})
+
+
 @pytest.fixture(scope="module")
 def job_dir(tmp_path_factory) -> str:
     """A trainer job dir as the trainer leaves it: export/ and model.keras."""
     job_dir = str(tmp_path_factory.mktemp("job"))
     keras.utils.set_random_seed(3)
     model = model_lib.build_model(IMAGE_SIZE, weights=None)
-    export.export_saved_model(model, os.path.join(job_dir, "export"), IMAGE_SIZE)
+    export.export_saved_model(model, os.path.join(job_dir, "export"), model_contract())
     model.save(os.path.join(job_dir, gradcam.KERAS_MODEL_FILE))
     return job_dir
 
@@ -96,8 +103,8 @@ def studies(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def glob_run(studies, export_dir, tmp_path_factory) -> str:
     output_path = str(tmp_path_factory.mktemp("glob_run") / "predictions")
-    predict.run([f"--model_dir={export_dir}", f"--input_pattern={studies}/images/*",
-                 f"--output_path={output_path}", f"--image_size={IMAGE_SIZE}"])
+    # No --image_size: the model states its own (64, not the default 128).
+    predict.run([f"--model_dir={export_dir}", f"--input_pattern={studies}/images/*", f"--output_path={output_path}"])
     return output_path
 
 
@@ -114,6 +121,48 @@ def training_records(studies, tmp_path_factory) -> dict[str, bytes]:
         if features[contract.AUGMENTATION].int64_list.value[0] == 0:
             records[features[contract.IMAGE_ID].bytes_list.value[0].decode()] = raw
     return records
+
+
+# Model store ----------------------------------------------------------------------------------
+
+def test_the_model_store_reads_the_contract_of_a_job_dir_or_its_export(job_dir, export_dir):
+    for model_dir in (job_dir, export_dir):
+        loaded = model_store.load(model_dir)
+
+        assert loaded.export_dir == export_dir
+        assert loaded.contract == model_contract()
+        assert set(loaded.signatures) == {contract.SERVING_EXAMPLES_SIGNATURE, contract.SERVING_PNG_SIGNATURE,
+                                          contract.SERVING_METADATA_SIGNATURE}
+        assert model_store.image_size(loaded, None) == model_store.image_size(loaded, IMAGE_SIZE) == IMAGE_SIZE
+        with pytest.raises(model_store.ModelStoreError, match="--image_size 32 contradicts the model"):
+            model_store.image_size(loaded, 32)
+
+
+def test_a_model_exported_before_the_contract_is_served_at_the_flag_size(tmp_path):
+    module = tf.Module()
+    module.serve = tf.function(lambda examples: {"probabilities": tf.zeros([tf.size(examples), 3])},
+                               input_signature=[tf.TensorSpec([None], tf.string)])
+    tf.saved_model.save(module, str(tmp_path), signatures={contract.SERVING_EXAMPLES_SIGNATURE: module.serve})
+
+    loaded = model_store.load(str(tmp_path))
+
+    assert loaded.contract is None
+    assert model_store.image_size(loaded, None) == contract.DEFAULT_IMAGE_SIZE
+    assert model_store.image_size(loaded, 96) == 96
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"class_names": ("normal", "covid19", "pneumonia")}, "predicts classes ['normal', 'covid19', 'pneumonia']"),
+    ({"preprocessing_version": contract.PREPROCESSING_VERSION + 1}, "was trained on preprocessing version"),
+])
+def test_a_model_of_another_contract_is_refused(changes, message, tmp_path):
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    tiny = keras.Model(inputs, keras.layers.Dense(contract.NUM_CLASSES, activation="softmax")(pooled))
+    export.export_saved_model(tiny, str(tmp_path), model_contract(**changes))
+
+    with pytest.raises(model_store.ModelStoreError, match=re.escape(message)):
+        model_store.load(str(tmp_path))
 
 
 # Batch prediction -----------------------------------------------------------------------------
@@ -145,7 +194,7 @@ def test_csv_listing_resolves_relative_uris_and_rejects_missing_files(studies, e
     output_path = str(tmp_path / "predictions")
 
     predict.run([f"--model_dir={export_dir}", f"--input_pattern={listing}", f"--output_path={output_path}",
-                 f"--image_size={IMAGE_SIZE}"])
+                 f"--image_size={IMAGE_SIZE}"])  # Deprecated, still accepted when it agrees with the model.
 
     rows = read_prediction_rows(output_path)
     first, second = (os.path.join(studies, "images", name) for name in ("study-0.dcm", "study-1.dcm"))
@@ -178,19 +227,19 @@ def test_predictions_equal_the_served_training_records(studies, glob_run, traini
 
 @pytest.mark.parametrize("flags, message", [
     (["--input_pattern={studies}/images/*.jpg"], "matches no files"),
-    (["--input_pattern={studies}/labels.csv", "--image_size=32"], "does not take 32x32 images"),
-    (["--input_pattern={studies}/labels.csv", "--model_dir={studies}"], "is not a SavedModel folder"),
+    (["--input_pattern={studies}/labels.csv", "--image_size=32"],
+     "--image_size 32 contradicts the model in {export_dir}, which takes 64x64 images"),
+    (["--input_pattern={studies}/labels.csv", "--model_dir={studies}"], "{studies} holds no SavedModel"),
     (["--input_pattern={studies}/images/*", "--output_path={studies}/out/"], "is a file prefix"),
 ])
 def test_bad_flags_fail_before_the_job_starts(flags, message, studies, export_dir, capsys):
-    defaults = [f"--model_dir={export_dir}", f"--output_path={studies}/unused/predictions",
-                f"--image_size={IMAGE_SIZE}"]
+    defaults = [f"--model_dir={export_dir}", f"--output_path={studies}/unused/predictions"]
 
     with pytest.raises(SystemExit) as exit_info:
         predict.run(defaults + [flag.format(studies=studies) for flag in flags])
 
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    assert message.format(studies=studies, export_dir=export_dir) in capsys.readouterr().err
     assert not os.path.exists(os.path.join(studies, "unused"))
 
 
@@ -204,7 +253,7 @@ def test_study_prints_the_batch_prediction_and_writes_grad_cam(studies, job_dir,
     dicom = os.path.join(studies, "images", "study-2.dcm")
     overlay_path = str(tmp_path / "gradcam.png")
 
-    study.main([dicom, f"--model_dir={job_dir}", f"--image_size={IMAGE_SIZE}", f"--gradcam={overlay_path}"])
+    study.main([dicom, f"--model_dir={job_dir}", f"--gradcam={overlay_path}"])
 
     printed = printed_values(capsys.readouterr().out)
     batch_row = read_prediction_rows(glob_run)[dicom]
@@ -217,8 +266,7 @@ def test_study_prints_the_batch_prediction_and_writes_grad_cam(studies, job_dir,
 
 
 def test_study_accepts_the_export_folder(studies, export_dir, capsys):
-    study.main([os.path.join(studies, "images", GOOD_PNG), f"--model_dir={export_dir}",
-                f"--image_size={IMAGE_SIZE}"])
+    study.main([os.path.join(studies, "images", GOOD_PNG), f"--model_dir={export_dir}"])
 
     assert set(printed_values(capsys.readouterr().out)) == {
         "predicted_class", "p_normal", "p_pneumonia", "p_covid19"}
@@ -240,19 +288,21 @@ def test_study_reports_an_unreadable_file_in_one_line(name, message, studies, jo
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--image_size=32"], "does not take 32x32 images; pass the --image_size it was trained with"),
+    (["--image_size=32"], "--image_size 32 contradicts the model in {export}, which takes 64x64 images (its "
+                          "metadata); omit --image_size"),
     (["--gradcam={tmp}/gradcam.png", "--model_dir={tmp}/copied_export"], "Grad-CAM needs the model.keras"),
     (["--model_dir={tmp}"], "holds no SavedModel"),
     (["--gradcam={tmp}/missing/gradcam.png"], "cannot write {tmp}/missing/gradcam.png"),
 ])
 def test_study_reports_model_and_output_problems_in_one_line(flags, message, studies, job_dir, tmp_path):
     os.symlink(os.path.join(job_dir, "export"), tmp_path / "copied_export")
-    argv = [os.path.join(studies, "images", "study-0.dcm"), f"--model_dir={job_dir}", f"--image_size={IMAGE_SIZE}"]
+    argv = [os.path.join(studies, "images", "study-0.dcm"), f"--model_dir={job_dir}"]
 
     with pytest.raises(SystemExit) as exit_info:
         study.main(argv + [flag.format(tmp=tmp_path) for flag in flags])
 
-    assert message.format(tmp=tmp_path) in str(exit_info.value.code) and "\n" not in str(exit_info.value.code)
+    expected = message.format(tmp=tmp_path, export=os.path.join(job_dir, "export"))
+    assert expected in str(exit_info.value.code) and "\n" not in str(exit_info.value.code)
     assert not (tmp_path / "gradcam.png").exists()
 
 

@@ -4,6 +4,7 @@ Bad inputs go through `train.run`, so each test also shows the error comes befor
 model is built or anything is written to the job dir.
 """
 
+import hashlib
 import os
 import shutil
 
@@ -57,7 +58,7 @@ def dataset_with(source_dir: str, target_dir: str, split: str, records: list[byt
 def run_training(data_dir: str, job_dir: str, strategy: tf.distribute.Strategy) -> None:
     config = train.TrainConfig(data_dir=data_dir, job_dir=job_dir, checkpoint_dir=f"{job_dir}/checkpoints",
                                tensorboard_dir=f"{job_dir}/logs", image_size=IMAGE_SIZE, batch_size=4,
-                               weights="none", verbose=0)
+                               weights="none")
     train.run(config, strategy)
 
 
@@ -87,32 +88,59 @@ def test_inspect_data_counts_every_train_record_and_only_eval_originals(data_dir
     assert data["val"].class_counts == data["test"].class_counts == (3, 3, 3)
 
 
-def test_train_dataset_is_endless_shuffled_full_batches(data_dir):
+def in_order(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """The training dataset without its parallel maps' freedom to reorder, so passes end where they should."""
+    options = tf.data.Options()
+    options.deterministic = True
+    return dataset.with_options(options)
+
+
+def image_digests(dataset: tf.data.Dataset, batches: int) -> list[str]:
+    """One digest per image of the first `batches` batches: identifies records across datasets."""
+    return [hashlib.sha256(image.tobytes()).hexdigest()
+            for images, _ in in_order(dataset).take(batches).as_numpy_iterator() for image in images]
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_train_dataset_is_endless_shuffled_full_batches(data_dir, cache):
     split = input_pipeline.inspect_data(data_dir, IMAGE_SIZE)["train"]
 
-    dataset = input_pipeline.train_dataset(split, IMAGE_SIZE, 8, num_workers=1, seed=1)
+    dataset = input_pipeline.train_dataset(split, IMAGE_SIZE, 8, seed=1, cache=cache, augment=False)
 
     assert dataset.element_spec[0].shape == (8, IMAGE_SIZE, IMAGE_SIZE, 3)
     assert dataset.element_spec[1].shape == (8, contract.NUM_CLASSES)
-    batches = list(dataset.take(2 * split.num_examples // 8))  # Two passes over the split.
+    batches = list(in_order(dataset).take(2 * split.num_examples // 8))  # Two passes over the split.
     labels = np.concatenate([np.argmax(labels.numpy(), axis=-1) for _, labels in batches])
     np.testing.assert_array_equal(np.bincount(labels, minlength=3), [32, 32, 32])
-    assert not np.array_equal(labels[:48], labels[48:])  # Each pass in a new order.
+    images = [hashlib.sha256(image.tobytes()).hexdigest() for images, _ in batches for image in images.numpy()]
+    assert len(set(images)) == split.num_examples  # Every record once per pass ...
+    assert sorted(images[:48]) == sorted(images[48:]) and images[:48] != images[48:]  # ... in a new order.
+
+
+def test_cached_and_streamed_images_are_the_same_tensors(data_dir):
+    split = input_pipeline.inspect_data(data_dir, IMAGE_SIZE)["train"]
+    batches = split.num_examples // 8
+
+    streamed = image_digests(input_pipeline.train_dataset(split, IMAGE_SIZE, 8, seed=1, augment=False), batches)
+    cached = image_digests(input_pipeline.train_dataset(split, IMAGE_SIZE, 8, seed=1, cache=True, augment=False),
+                          3 * batches)
+
+    assert sorted(streamed) == sorted(cached[:len(streamed)]) == sorted(cached[-len(streamed):])
 
 
 def test_eval_dataset_reads_originals_once_in_a_fixed_order(data_dir):
     split = input_pipeline.inspect_data(data_dir, IMAGE_SIZE)["train"]  # The split with augmented copies.
 
-    dataset = input_pipeline.eval_dataset(split, IMAGE_SIZE, batch_size=5, num_workers=1)
-
-    first = np.concatenate([np.argmax(labels.numpy(), axis=-1) for _, labels, _, _ in dataset])
-    second = np.concatenate([np.argmax(labels.numpy(), axis=-1) for _, labels, _, _ in dataset])
-    assert len(first) == 24  # 8 originals per class, copies skipped, last batch kept.
-    np.testing.assert_array_equal(first, second)
-    sources = np.concatenate([sources.numpy() for _, _, sources, _ in dataset])
-    assert set(sources.tolist()) == {synthetic_records.SOURCE.encode()}
-    patients = np.concatenate([patients.numpy() for _, _, _, patients in dataset])
-    assert len(patients) == 24 and all(patients)
+    for dataset in (input_pipeline.eval_dataset(split, IMAGE_SIZE, batch_size=5),
+                    input_pipeline.eval_dataset(split, IMAGE_SIZE, batch_size=5, cache=True)):
+        first = np.concatenate([np.argmax(labels.numpy(), axis=-1) for _, labels, _, _ in dataset])
+        second = np.concatenate([np.argmax(labels.numpy(), axis=-1) for _, labels, _, _ in dataset])
+        assert len(first) == 24  # 8 originals per class, copies skipped, last batch kept.
+        np.testing.assert_array_equal(first, second)
+        sources = np.concatenate([sources.numpy() for _, _, sources, _ in dataset])
+        assert set(sources.tolist()) == {synthetic_records.SOURCE.encode()}
+        patients = np.concatenate([patients.numpy() for _, _, _, patients in dataset])
+        assert len(patients) == 24 and all(patients)
 
 
 def record_images(split: input_pipeline.SplitData) -> np.ndarray:
@@ -127,8 +155,7 @@ def test_train_images_are_augmented_only_when_asked(data_dir, augment):
     split = input_pipeline.inspect_data(data_dir, IMAGE_SIZE)["train"]
     originals = record_images(split).reshape(split.num_examples, -1)
 
-    images, _ = next(iter(input_pipeline.train_dataset(split, IMAGE_SIZE, 8, num_workers=1, seed=1,
-                                                       augment=augment)))
+    images, _ = next(iter(input_pipeline.train_dataset(split, IMAGE_SIZE, 8, seed=1, augment=augment)))
 
     images = images.numpy().reshape(8, -1)
     nearest = np.abs(images[:, np.newaxis] - originals[np.newaxis]).mean(axis=-1).min(axis=1)
@@ -138,14 +165,29 @@ def test_train_images_are_augmented_only_when_asked(data_dir, augment):
         np.testing.assert_array_equal(nearest, 0.0)  # Each image is a record's, untouched.
 
 
-@pytest.mark.parametrize("workers, policy", [(2, tf.data.experimental.AutoShardPolicy.FILE),
-                                             (3, tf.data.experimental.AutoShardPolicy.DATA)])
-def test_multi_worker_shards_by_file_only_when_every_worker_gets_one(data_dir, workers, policy):
-    split = input_pipeline.inspect_data(data_dir, IMAGE_SIZE)["train"]  # 2 shards.
+@pytest.mark.parametrize("pipelines", [2, 3])  # 2 shards: one each, then too few to go round.
+def test_each_worker_pipeline_reads_its_own_share_of_the_records(data_dir, pipelines):
+    split = input_pipeline.inspect_data(data_dir, IMAGE_SIZE)["train"]
+    share = split.num_examples // pipelines
 
-    dataset = input_pipeline.train_dataset(split, IMAGE_SIZE, 8, num_workers=workers, seed=1)
+    shares = [image_digests(input_pipeline.train_dataset(
+        split, IMAGE_SIZE, 1, seed=1, input_context=tf.distribute.InputContext(pipelines, index, pipelines),
+        augment=False), share)
+        for index in range(pipelines)]
 
-    assert dataset.options().experimental_distribute.auto_shard_policy == policy
+    assert all(len(set(digests)) == share for digests in shares)  # One pass over its share, no repeats.
+    assert len(set().union(*map(set, shares))) == split.num_examples  # Disjoint shares covering the split.
+
+
+def test_auto_cache_fills_the_budget_in_split_order():
+    sizes = {"train": 3_000, "val": 500}
+
+    assert input_pipeline.choose_cache("auto", sizes, 4_000) == {"train", "val"}
+    assert input_pipeline.choose_cache("auto", sizes, 3_200) == {"train"}
+    assert input_pipeline.choose_cache("auto", sizes, 1_000) == {"val"}
+    assert input_pipeline.choose_cache("memory", sizes, 0) == {"train", "val"}
+    assert input_pipeline.choose_cache("none", sizes, 10_000) == set()
+    assert input_pipeline.decoded_bytes(61_440, 128) == 61_440 * 128 * 128  # ~1 GB: the default budget holds it.
 
 
 def test_class_weights_balance_the_train_counts():

@@ -1,63 +1,99 @@
-"""`python -m trainer.task` flags and the Vertex AI environment they default from."""
+"""`python -m trainer.task` flags and the Vertex AI environment they default from.
+
+Each test defines the flags into a fresh FlagValues, as `python -m trainer.task` does
+into the global one: importing `trainer.task` registers nothing.
+"""
+
+import subprocess
+import sys
 
 import pytest
 from absl import flags
-from absl.testing import flagsaver
 
 from trainer import task
 
-FLAGS = flags.FLAGS
+
+def parse(*arguments: str) -> flags.FlagValues:
+    flag_values = flags.FlagValues()
+    task.define_flags(flag_values)
+    flag_values(["trainer.task", *arguments])
+    return flag_values
 
 
-def parse(*arguments: str) -> None:
-    FLAGS.unparse_flags()
-    FLAGS(["trainer.task", *arguments])
-
-
-@pytest.fixture(autouse=True)
-def restore_flags():
-    with flagsaver.flagsaver():
-        yield
-    FLAGS.unparse_flags()
-
-
-def test_local_run_writes_everything_under_job_dir(monkeypatch):
+@pytest.fixture
+def local(monkeypatch):
     for variable in task.CLOUD_ENVIRONMENT:
         monkeypatch.delenv(variable, raising=False)
-    parse("--data_dir=gs://bucket/records", "--job_dir=gs://bucket/job/", "--batch_size=8",
-          "--weights=none", "--class_weight=balanced", "--steps_per_epoch=5", "--nomixed_precision")
 
-    config = task.config_from_flags()
+
+def test_importing_the_task_registers_no_flags():
+    probe = ("from absl import flags; import trainer.task; own = flags.FlagValues(); "
+             "trainer.task.define_flags(own); print(sorted(set(own) & set(flags.FLAGS)))")
+    added = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert added.strip() == "[]"
+
+
+def test_local_run_writes_everything_under_job_dir(local):
+    flag_values = parse("--data_dir=gs://bucket/records", "--job_dir=gs://bucket/job/", "--batch_size=8",
+                        "--weights=none", "--class_weight=balanced", "--steps_per_epoch=5",
+                        "--mixed_precision=bfloat16", "--nojit_compile", "--steps_per_loop=7",
+                        "--checkpoint_every_loops=3", "--keep_checkpoints=4", "--cache=none", "--warmup_steps=0")
+
+    config = task.config_from_flags(flag_values)
 
     assert config.job_dir == "gs://bucket/job"
     assert config.checkpoint_dir == "gs://bucket/job/checkpoints"
     assert config.tensorboard_dir == "gs://bucket/job/logs"
-    assert (config.batch_size, config.weights, config.class_weight, config.steps_per_epoch) == (8, "none", "balanced", 5)
-    assert config.mixed_precision is False
-    assert config.verbose == 1  # Progress bars.
+    assert (config.batch_size, config.weights, config.class_weight) == (8, "none", "balanced")
+    assert config.steps_per_epoch == 5
+    assert (config.mixed_precision, config.jit_compile) == ("bfloat16", False)
+    assert (config.steps_per_loop, config.checkpoint_every_loops, config.keep_checkpoints) == (7, 3, 4)
+    assert (config.cache, config.warmup_steps) == ("none", 0)
 
 
-def test_vertex_ai_directories_and_one_line_per_epoch(monkeypatch):
+def test_defaults_without_a_gpu(local):
+    config = task.config_from_flags(parse("--data_dir=records", "--job_dir=job"))
+
+    assert (config.image_size, config.batch_size, config.stage1_epochs, config.stage2_epochs) == (128, 32, 2, 10)
+    assert (config.weights, config.cache, config.cache_budget_gb) == ("imagenet", "auto", 4.0)
+    assert (config.steps_per_loop, config.checkpoint_every_loops, config.keep_checkpoints) == (50, 0, 2)
+    assert (config.mixed_precision, config.jit_compile) == ("none", False)  # This machine has no GPU.
+
+
+def test_vertex_ai_directories(monkeypatch):
     monkeypatch.setenv("CLOUD_ML_JOB_ID", "123")
     monkeypatch.setenv("AIP_CHECKPOINT_DIR", "gs://bucket/checkpoints")
     monkeypatch.setenv("AIP_TENSORBOARD_LOG_DIR", "gs://bucket/tensorboard")
-    parse("--data_dir=gs://bucket/records", "--job_dir=gs://bucket/model")
 
-    config = task.config_from_flags()
+    config = task.config_from_flags(parse("--data_dir=gs://bucket/records", "--job_dir=gs://bucket/model"))
 
     assert config.checkpoint_dir == "gs://bucket/checkpoints"
     assert config.tensorboard_dir == "gs://bucket/tensorboard"
-    assert config.verbose == 2
-    assert (config.image_size, config.batch_size, config.stage1_epochs, config.stage2_epochs) == (128, 32, 2, 10)
-    assert config.weights == "imagenet"
+
+
+@pytest.mark.parametrize("legacy, precision", [
+    (["--mixed_precision"], "float16"), (["--nomixed_precision"], "none"),
+    (["--mixed_precision=true"], "float16"), (["--mixed_precision=False"], "none"),
+    (["--mixed_precision", "bfloat16"], "bfloat16"), (["--mixed_precision", "--weights=none"], "float16"),
+])
+def test_the_old_boolean_mixed_precision_flag_still_parses(legacy, precision, local):
+    argv = task.translate_legacy_arguments(["trainer.task", "--data_dir=records", "--job_dir=job", *legacy])
+
+    assert task.config_from_flags(parse(*argv[1:])).mixed_precision == precision
 
 
 @pytest.mark.parametrize("argument", ["--class_weight=inverse", "--image_size=16", "--batch_size=0",
                                       "--stage2_learning_rate=0", "--cpu_replicas=0", "--stage1_epochs=-1",
-                                      "--weights=/no/such/weights.h5"])
+                                      "--weights=/no/such/weights.h5", "--mixed_precision=float8",
+                                      "--steps_per_loop=0", "--keep_checkpoints=0", "--cache=disk"])
 def test_invalid_flag_values_are_refused(argument):
     with pytest.raises(flags.IllegalFlagValueError):
         parse("--data_dir=records", "--job_dir=job", argument)
+
+
+def test_a_run_needs_epochs_in_some_stage():
+    with pytest.raises(flags.IllegalFlagValueError, match="at least one stage needs epochs"):
+        parse("--data_dir=records", "--job_dir=job", "--stage1_epochs=0", "--stage2_epochs=0")
 
 
 def test_data_dir_is_required():
@@ -65,10 +101,9 @@ def test_data_dir_is_required():
         parse("--job_dir=job")
 
 
-def test_bad_data_ends_the_job_with_the_message_not_a_stack_trace(tmp_path, monkeypatch):
-    for variable in task.CLOUD_ENVIRONMENT:
-        monkeypatch.delenv(variable, raising=False)
-    parse(f"--data_dir={tmp_path / 'missing'}", f"--job_dir={tmp_path / 'job'}", "--weights=none")
+def test_bad_data_ends_the_job_with_the_message_not_a_stack_trace(tmp_path, local):
+    flag_values = parse(f"--data_dir={tmp_path / 'missing'}", f"--job_dir={tmp_path / 'job'}", "--weights=none")
 
     with pytest.raises(SystemExit, match=f"^trainer: data dir {tmp_path / 'missing'} does not exist"):
-        task.main(["trainer.task"])
+        task.train_from_flags(flag_values)
+    assert not (tmp_path / "job").exists()

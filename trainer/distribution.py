@@ -53,7 +53,7 @@ def choose_strategy(cpu_replicas: int = 1) -> tf.distribute.Strategy:
 
 
 def worker_count(strategy: tf.distribute.Strategy) -> int:
-    """Machines that share the input (used to pick the tf.data auto-shard policy)."""
+    """Processes (machines) in the job; each reads its own share of the train shards."""
     resolver = strategy.cluster_resolver
     if resolver is None:
         return 1
@@ -81,3 +81,27 @@ def task_name(strategy: tf.distribute.Strategy) -> str:
     if resolver is None or not resolver.task_type or is_chief(strategy):
         return "chief"
     return f"{resolver.task_type}-{resolver.task_id}"
+
+
+class AnyWorker:
+    """Whether any worker says yes, answered identically on every worker.
+
+    Workers must take the same decision at the same step (stop for a SIGTERM only one of
+    them received, or wait for the chief), or the others block in the next all-reduce. One
+    all-reduce of a single integer across the cluster decides; a single machine needs none.
+    Every worker must call it the same number of times.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy):
+        self._strategy = strategy
+        self._single_worker = worker_count(strategy) == 1
+        self._sum = tf.function(self._sum_over_replicas)
+
+    def __call__(self, local_answer: bool) -> bool:
+        if self._single_worker:
+            return local_answer
+        return bool(self._sum(tf.constant(int(local_answer))) > 0)
+
+    def _sum_over_replicas(self, value: tf.Tensor) -> tf.Tensor:
+        per_replica = self._strategy.run(lambda: tf.identity(value))
+        return self._strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)

@@ -1,8 +1,8 @@
 """Streams the preprocess job's TFRecord shards into training and evaluation batches.
 
-The readers follow tensorflow/models official/: shuffled file list, parallel
-interleaved reads of the GZIP shards, a shuffle buffer of serialized records,
-parallel parse + decode, batching, prefetch. `inspect_data` checks everything
+The readers follow tensorflow/models official/: a per-worker share of the shuffled
+file list, parallel interleaved reads of the GZIP shards, a shuffle buffer, parallel
+parse + decode, batching, prefetch; decoded images are cached in memory when they fit. `inspect_data` checks everything
 training relies on first, so a bad data dir fails with a clear message before a
 model exists instead of with a stack trace in the middle of an epoch.
 """
@@ -19,6 +19,7 @@ from trainer import features
 from trainer.augment import augment_images
 
 SHUFFLE_BUFFER_RECORDS = 4096  # Serialized records (~10 KB each at 128²); spans many augmented copies.
+SHUFFLE_BUFFER_BYTES = 512 * 1024 * 1024  # Caps the buffer of decoded images at large image sizes.
 MAX_PARALLEL_READS = 16
 COUNT_BATCH = 1024
 
@@ -129,66 +130,102 @@ def validate_record(serialized: bytes, image_size: int) -> None:
                         f"it decodes to shape {tuple(pixels.shape)} {pixels.dtype.name}")
 
 
-def train_dataset(split: SplitData, image_size: int, global_batch_size: int,
-                  num_workers: int, seed: int, augment: bool = True) -> tf.data.Dataset:
-    """Endless, shuffled (image, one-hot label) batches of `global_batch_size`.
+def decoded_bytes(num_examples: float, image_size: int) -> int:
+    """Memory that `num_examples` decoded uint8 images take in a tf.data cache."""
+    return int(num_examples * image_size * image_size)
 
-    With `augment`, each batch goes through `augment_images` (trainer/augment.py);
-    nothing else augments: val, test and serving read the images as they are.
+
+def choose_cache(mode: str, decoded_sizes: dict[str, int], budget_bytes: int) -> set[str]:
+    """The splits whose decoded images are cached in memory after their first pass.
+
+    `memory` caches every split, `none` none; `auto` caches splits in the given order while
+    their decoded sizes together fit `budget_bytes`.
     """
+    if mode == "memory":
+        return set(decoded_sizes)
+    if mode == "none":
+        return set()
+    if mode != "auto":
+        raise ValueError(f"cache must be auto, memory or none, got {mode!r}")
+    cached, used = set(), 0
+    for split, size in decoded_sizes.items():
+        if used + size <= budget_bytes:
+            cached.add(split)
+            used += size
+    return cached
+
+
+def train_dataset(split: SplitData, image_size: int, batch_size: int, seed: int,
+                  input_context: tf.distribute.InputContext | None = None, cache: bool = False,
+                  augment: bool = True) -> tf.data.Dataset:
+    """Endless, shuffled (image, one-hot label) batches of `batch_size` for one input pipeline.
+
+    With the `input_context` of `strategy.distribute_datasets_from_function`, each worker's
+    pipeline reads its own share: every n-th shard when there are at least as many shards as
+    pipelines, else (a deterministic read order, then) every n-th record. With `cache` the
+    decoded uint8 images of the first pass stay in memory and later passes reshuffle them;
+    otherwise the serialized records are shuffled and every pass decodes them again.
+    With `augment`, each batch of uint8 pixels goes through `augment_images`
+    (trainer/augment.py), after the cache, so every pass sees new transforms; nothing
+    else augments: val, test and serving read the images as they are.
+    """
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    by_file = len(split.shards) >= pipelines
     files = tf.data.Dataset.from_tensor_slices(list(split.shards))
-    files = files.shuffle(len(split.shards), seed=seed, reshuffle_each_iteration=True)
-    records = _interleave_records(files, len(split.shards), deterministic=False)
-    records = records.shuffle(SHUFFLE_BUFFER_RECORDS, seed=seed, reshuffle_each_iteration=True).repeat()
-    dataset = records.map(lambda record: _image_and_label(_parse(record), image_size),
-                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    dataset = dataset.batch(global_batch_size, drop_remainder=True)
+    if by_file:
+        files = files.shard(pipelines, pipeline_id).shuffle(
+            len(split.shards), seed=seed + pipeline_id, reshuffle_each_iteration=True)
+    # Sharding records needs the same read order on every worker; sharding files does not.
+    records = _interleave_records(files, len(split.shards), deterministic=None if by_file else True)
+    if not by_file:
+        records = records.shard(pipelines, pipeline_id)
+    if cache:
+        buffer = max(1, min(SHUFFLE_BUFFER_RECORDS, SHUFFLE_BUFFER_BYTES // decoded_bytes(1, image_size)))
+        pixels = records.map(lambda record: _pixels_and_label(_parse(record), image_size),
+                             num_parallel_calls=tf.data.AUTOTUNE)
+        pixels = pixels.cache().shuffle(buffer, seed=seed + pipeline_id, reshuffle_each_iteration=True).repeat()
+    else:
+        records = records.shuffle(SHUFFLE_BUFFER_RECORDS, seed=seed + pipeline_id,
+                                  reshuffle_each_iteration=True).repeat()
+        pixels = records.map(lambda record: _pixels_and_label(_parse(record), image_size),
+                             num_parallel_calls=tf.data.AUTOTUNE)
+    batches = pixels.batch(batch_size, drop_remainder=True)
     if augment:
-        dataset = _augmented(dataset, seed)
-    return dataset.prefetch(tf.data.AUTOTUNE).with_options(
-        _options(len(split.shards), num_workers, deterministic=False))
+        batches = _augmented(batches, seed + pipeline_id)
+    dataset = batches.map(lambda images, labels: (features.model_input(images), features.one_hot_label(labels)),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    # Order within a pass is already random: parallel maps may hand on whichever element is ready.
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(deterministic=False))
 
 
 def _augmented(batches: tf.data.Dataset, seed: int) -> tf.data.Dataset:
-    """Batch number `step` is augmented with the stateless seed (seed, step): new every step, reproducible.
-
-    The step comes from `scan`, not from zipping a counter, so the dataset keeps a
-    single (file) source that multi-worker auto-sharding can split.
-    """
+    """Batch number `step` is augmented with the stateless seed (seed, step): new every step, reproducible."""
     numbered = batches.scan(tf.constant(0, tf.int64), lambda step, batch: (step + 1, (step, batch)))
     return numbered.map(
         lambda step, batch: (augment_images(batch[0], tf.stack([tf.constant(seed, tf.int64), step])), batch[1]),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
 
 
-def eval_dataset(split: SplitData, image_size: int, batch_size: int, num_workers: int) -> tf.data.Dataset:
+def eval_dataset(split: SplitData, image_size: int, batch_size: int, cache: bool = False) -> tf.data.Dataset:
     """One pass over the originals (`image/augmentation == 0`) in a fixed order, last batch kept.
 
     Elements are (images, one-hot labels, `image/source` strings, `patient/id` strings):
     evaluation breaks its figures down by source, where a model that recognises the
-    source shows itself, and resamples patients, not images, for its intervals.
+    source shows itself, and resamples patients, not images, for its intervals. With
+    `cache`, the decoded originals stay in memory for the next pass (per-epoch validation).
     """
-    with_source = _original_records(split).map(
-        lambda record: (*_image_and_label(record, image_size), record[contract.SOURCE], record[contract.PATIENT_ID]),
+    originals = _original_records(split).map(
+        lambda record: (*_pixels_and_label(record, image_size), record[contract.SOURCE],
+                        record[contract.PATIENT_ID]),
         num_parallel_calls=tf.data.AUTOTUNE)
-    return with_source.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(
-        _options(len(split.shards), num_workers, deterministic=True))
-
-
-def validation_dataset(split: SplitData, image_size: int, global_batch_size: int,
-                       num_workers: int) -> tf.data.Dataset:
-    """The originals in whole global batches, repeated: fit() reads one pass per epoch.
-
-    Whole batches because a partial batch leaves some replicas an empty batch, which
-    TensorFlow 2.21's oneDNN CPU convolution mishandles (it returns its input's shape).
-    Repeated because Keras cannot restart a dataset of unknown length between epochs;
-    fit() takes `num_examples // global_batch_size` validation steps per epoch.
-    """
-    originals = _original_records(split).map(lambda record: _image_and_label(record, image_size),
-                                             num_parallel_calls=tf.data.AUTOTUNE)
-    batches = originals.batch(global_batch_size, drop_remainder=True)
-    return batches.repeat().prefetch(tf.data.AUTOTUNE).with_options(
-        _options(len(split.shards), num_workers, deterministic=True))
+    if cache:
+        originals = originals.cache()
+    batches = originals.map(
+        lambda image, label, source, patient: (features.model_input(image), features.one_hot_label(label),
+                                               source, patient),
+        num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+    return batches.prefetch(tf.data.AUTOTUNE).with_options(_options(deterministic=True))
 
 
 def _original_records(split: SplitData) -> tf.data.Dataset:
@@ -198,7 +235,7 @@ def _original_records(split: SplitData) -> tf.data.Dataset:
     return parsed.filter(lambda record: tf.equal(record[contract.AUGMENTATION], 0))
 
 
-def _interleave_records(files: tf.data.Dataset, num_files: int, deterministic: bool) -> tf.data.Dataset:
+def _interleave_records(files: tf.data.Dataset, num_files: int, deterministic: bool | None) -> tf.data.Dataset:
     return files.interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type=contract.TFRECORD_COMPRESSION),
         cycle_length=min(num_files, MAX_PARALLEL_READS),
@@ -209,18 +246,13 @@ def _parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     return tf.io.parse_single_example(serialized, features.parse_spec())
 
 
-def _image_and_label(record: dict[str, tf.Tensor], image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
-    return (features.decode_image(record[contract.IMAGE_ENCODED], image_size),
-            features.one_hot_label(record[contract.LABEL]))
+def _pixels_and_label(record: dict[str, tf.Tensor], image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    return features.decode_pixels(record[contract.IMAGE_ENCODED], image_size), record[contract.LABEL]
 
 
-def _options(num_shards: int, num_workers: int, deterministic: bool) -> tf.data.Options:
-    """Multi-worker auto-sharding by file when every worker gets a shard, else by record."""
+def _options(deterministic: bool) -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = deterministic
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.FILE if num_shards >= num_workers
-        else tf.data.experimental.AutoShardPolicy.DATA)
     return options
 
 

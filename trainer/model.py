@@ -81,7 +81,7 @@ def set_stage(model: keras.Model, stage: int, pretrained: bool) -> None:
 
     BatchNormalization of a `pretrained` base (ImageNet or a weights file) never trains;
     that of a random base always trains, in stage 1 too, so it normalises the frozen
-    convolutions' outputs. Changing `trainable` takes effect at the next `compile()`.
+    convolutions' outputs. Changing `trainable` takes effect in the next traced training step.
     """
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, got {stage}")

@@ -3,87 +3,146 @@
 The same command trains on a laptop CPU, on one machine with several GPUs and on a
 Vertex AI multi-replica job. On Vertex AI, --job_dir defaults to AIP_MODEL_DIR,
 checkpoints go to AIP_CHECKPOINT_DIR and TensorBoard logs to AIP_TENSORBOARD_LOG_DIR
-when those are set; cloud runs log one line per epoch instead of progress bars.
+when those are set. As in tensorflow/models official/, the flags are defined by
+`define_flags`, called only when the module runs as a program: importing it registers
+nothing and touches no file.
 """
 
 import os
+import sys
 
 import tensorflow as tf
 from absl import app, flags, logging
 
 from beam_pipelines import contract
-from trainer import distribution, input_pipeline, train
+from trainer import distribution, input_pipeline, optimization, train
 
 CLOUD_ENVIRONMENT = ("CLOUD_ML_JOB_ID", "AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR", "AIP_TENSORBOARD_LOG_DIR")
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", None, "Output dir of python -m beam_pipelines.preprocess (local or gs://).")
-flags.DEFINE_string("job_dir", os.environ.get("AIP_MODEL_DIR"),
-                    "Output dir for the export, model.keras, eval/ and history.json (default: $AIP_MODEL_DIR).")
-flags.DEFINE_integer("image_size", contract.DEFAULT_IMAGE_SIZE, "Image side in pixels; must match the records.",
-                     lower_bound=contract.MIN_IMAGE_SIZE, upper_bound=contract.MAX_IMAGE_SIZE)
-flags.DEFINE_integer("batch_size", 32, "Batch size per replica; the global batch is this × replicas.",
-                     lower_bound=1)
-flags.DEFINE_integer("stage1_epochs", 2, "Epochs training the head with ResNet50 frozen.", lower_bound=0)
-flags.DEFINE_integer("stage2_epochs", 10, "Epochs training the whole network.", lower_bound=0)
-flags.DEFINE_float("stage1_learning_rate", 1e-3, "Adam learning rate of stage 1.")
-flags.DEFINE_float("stage2_learning_rate", 1e-5, "Adam learning rate of stage 2.")
-flags.DEFINE_string("weights", "imagenet",
-                    "ResNet50 initial weights: imagenet (downloads), none, or a local/gs:// weights file.")
-flags.DEFINE_enum("class_weight", "none", ["none", "balanced"],
-                  "balanced weighs the loss by inverse class frequency in the train split.")
-flags.DEFINE_bool("mixed_precision", None, "float16 compute, float32 variables (default: on when GPUs are present).")
-flags.DEFINE_integer("cpu_replicas", 1,
-                     "Without GPUs: split the CPU into N logical devices so MirroredStrategy runs N replicas.",
-                     lower_bound=1)
-flags.DEFINE_integer("steps_per_epoch", None, "Cap on training steps per epoch, for smoke runs "
-                     "(default: one pass over the train split).", lower_bound=1)
-flags.DEFINE_integer("seed", 42, "Seed for weights initialisation and input shuffling.")
-flags.mark_flag_as_required("data_dir")
-for _learning_rate in ("stage1_learning_rate", "stage2_learning_rate"):
-    flags.register_validator(_learning_rate, lambda value: value > 0, message="must be positive")
-flags.register_validator(
-    "weights", lambda value: value.lower() in ("imagenet", "none") or tf.io.gfile.exists(value),
-    message="must be imagenet, none, or an existing weights file")
+# --mixed_precision was a boolean flag before it took a precision; its old spellings still work.
+LEGACY_MIXED_PRECISION = {"--mixed_precision": "float16", "--nomixed_precision": "none",
+                          "--mixed_precision=true": "float16", "--mixed_precision=false": "none"}
 
 
-def running_on_cloud() -> bool:
-    """True inside a Vertex AI (or AI Platform) training job."""
-    return any(variable in os.environ for variable in CLOUD_ENVIRONMENT)
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Registers the trainer's flags (and their validators) in `flag_values`."""
+
+    values = {"flag_values": flag_values}
+    flags.DEFINE_string("data_dir", None, "Output dir of python -m beam_pipelines.preprocess (local or gs://).",
+                        **values)
+    flags.DEFINE_string("job_dir", os.environ.get("AIP_MODEL_DIR"), "Output dir for the export, model.keras, "
+                        "config.json, eval/ and history.json (default: $AIP_MODEL_DIR).", **values)
+    flags.DEFINE_integer("image_size", contract.DEFAULT_IMAGE_SIZE, "Image side in pixels; must match the records.",
+                         lower_bound=contract.MIN_IMAGE_SIZE, upper_bound=contract.MAX_IMAGE_SIZE, **values)
+    flags.DEFINE_integer("batch_size", 32, "Batch size per replica; the global batch is this × replicas.",
+                         lower_bound=1, **values)
+    flags.DEFINE_integer("stage1_epochs", 2, "Epochs training the head with ResNet50 frozen; 0 skips stage 1.",
+                         lower_bound=0, **values)
+    flags.DEFINE_integer("stage2_epochs", 10, "Epochs training the whole network; 0 skips stage 2.",
+                         lower_bound=0, **values)
+    flags.DEFINE_float("stage1_learning_rate", 1e-3,
+                       f"Adam learning rate of stage 1 for a global batch of {optimization.REFERENCE_BATCH_SIZE}; "
+                       "scaled linearly with the global batch.", **values)
+    flags.DEFINE_float("stage2_learning_rate", 1e-5, "Adam learning rate of stage 2, scaled like stage 1's.",
+                       **values)
+    flags.DEFINE_integer("warmup_steps", 100, "Steps at the start of each stage over which a learning rate raised "
+                         "by the global batch ramps up from the flag's value.", lower_bound=0, **values)
+    flags.DEFINE_string("weights", "imagenet",
+                        "ResNet50 initial weights: imagenet (downloads), none, or a local/gs:// weights file.",
+                        **values)
+    flags.DEFINE_enum("class_weight", "none", ["none", "balanced"],
+                      "balanced weighs the loss by inverse class frequency in the train split.", **values)
+    flags.DEFINE_string("mixed_precision", None, f"Compute precision: {', '.join(optimization.PRECISIONS)} "
+                        "(default: bfloat16 on Ampere or newer GPUs, float16 on older GPUs, none on CPUs). float16 "
+                        "adds loss scaling. The old boolean spellings --mixed_precision / --nomixed_precision mean "
+                        "float16 / none.", **values)
+    flags.DEFINE_bool("jit_compile", None, "Compile each training step with XLA (default: on when GPUs are present).",
+                      **values)
+    flags.DEFINE_integer("cpu_replicas", 1, "Without GPUs: split the CPU into N logical devices so MirroredStrategy "
+                         "runs N replicas.", lower_bound=1, **values)
+    flags.DEFINE_integer("steps_per_epoch", None, "Cap on training steps per epoch, for smoke runs "
+                         "(default: one pass over the train split).", lower_bound=1, **values)
+    flags.DEFINE_integer("steps_per_loop", 50, "Training steps per host call: the host syncs, logs, writes "
+                         "TensorBoard scalars and checks the loss and SIGTERM once per loop.", lower_bound=1, **values)
+    flags.DEFINE_integer("checkpoint_every_loops", 0,
+                         "Also checkpoint every N loops within an epoch (default 0: at epoch ends only).",
+                         lower_bound=0, **values)
+    flags.DEFINE_integer("keep_checkpoints", 2,
+                         "Training checkpoints kept (the best epoch's weights are kept apart).", lower_bound=1,
+                         **values)
+    flags.DEFINE_enum("cache", "auto", ["auto", "memory", "none"], "Keep decoded images in memory after their "
+                      "first pass: memory, none, or auto (when train, then val, fit in --cache_budget_gb).", **values)
+    flags.DEFINE_float("cache_budget_gb", 4.0, "Memory --cache auto may fill with decoded uint8 images, per worker.",
+                       lower_bound=0.0, **values)
+    flags.DEFINE_integer("seed", 42, "Seed for weights initialisation and input shuffling.", **values)
+    flags.mark_flag_as_required("data_dir", flag_values=flag_values)
+    for learning_rate in ("stage1_learning_rate", "stage2_learning_rate"):
+        flags.register_validator(learning_rate, lambda value: value > 0, message="must be positive",
+                                 flag_values=flag_values)
+    flags.register_validator(
+        "weights", lambda value: value.lower() in ("imagenet", "none") or tf.io.gfile.exists(value),
+        message="must be imagenet, none, or an existing weights file", flag_values=flag_values)
+    flags.register_validator(
+        "mixed_precision", lambda value: value is None or value in optimization.PRECISIONS,
+        message=f"must be one of {', '.join(optimization.PRECISIONS)}", flag_values=flag_values)
+    flags.register_multi_flags_validator(
+        ["stage1_epochs", "stage2_epochs"], lambda values: values["stage1_epochs"] + values["stage2_epochs"] > 0,
+        message="at least one stage needs epochs", flag_values=flag_values)
 
 
-def config_from_flags() -> train.TrainConfig:
-    job_dir = FLAGS.job_dir.rstrip("/")
-    mixed_precision = FLAGS.mixed_precision
-    if mixed_precision is None:
-        mixed_precision = bool(tf.config.list_physical_devices("GPU"))
+def translate_legacy_arguments(argv: list[str]) -> list[str]:
+    """Rewrites the boolean spellings of --mixed_precision into precisions."""
+    translated = []
+    for index, argument in enumerate(argv):
+        followed_by_value = index + 1 < len(argv) and not argv[index + 1].startswith("-")
+        if argument.lower() in LEGACY_MIXED_PRECISION and not (argument == "--mixed_precision" and followed_by_value):
+            replacement = f"--mixed_precision={LEGACY_MIXED_PRECISION[argument.lower()]}"
+            logging.warning("%s is deprecated; use %s", argument, replacement)
+            argument = replacement
+        translated.append(argument)
+    return translated
+
+
+def config_from_flags(flag_values: flags.FlagValues) -> train.TrainConfig:
+    job_dir = flag_values.job_dir.rstrip("/")
+    gpus = bool(tf.config.list_physical_devices("GPU"))
     return train.TrainConfig(
-        data_dir=FLAGS.data_dir,
+        data_dir=flag_values.data_dir,
         job_dir=job_dir,
         checkpoint_dir=os.environ.get("AIP_CHECKPOINT_DIR") or os.path.join(job_dir, "checkpoints"),
         tensorboard_dir=os.environ.get("AIP_TENSORBOARD_LOG_DIR") or os.path.join(job_dir, "logs"),
-        image_size=FLAGS.image_size,
-        batch_size=FLAGS.batch_size,
-        stage1_epochs=FLAGS.stage1_epochs,
-        stage2_epochs=FLAGS.stage2_epochs,
-        stage1_learning_rate=FLAGS.stage1_learning_rate,
-        stage2_learning_rate=FLAGS.stage2_learning_rate,
-        weights=FLAGS.weights,
-        class_weight=FLAGS.class_weight,
-        mixed_precision=mixed_precision,
-        steps_per_epoch=FLAGS.steps_per_epoch,
-        seed=FLAGS.seed,
-        verbose=2 if running_on_cloud() else 1,
+        image_size=flag_values.image_size,
+        batch_size=flag_values.batch_size,
+        stage1_epochs=flag_values.stage1_epochs,
+        stage2_epochs=flag_values.stage2_epochs,
+        stage1_learning_rate=flag_values.stage1_learning_rate,
+        stage2_learning_rate=flag_values.stage2_learning_rate,
+        warmup_steps=flag_values.warmup_steps,
+        weights=flag_values.weights,
+        class_weight=flag_values.class_weight,
+        mixed_precision=flag_values.mixed_precision or optimization.default_precision(),
+        jit_compile=gpus if flag_values.jit_compile is None else flag_values.jit_compile,
+        steps_per_epoch=flag_values.steps_per_epoch,
+        steps_per_loop=flag_values.steps_per_loop,
+        checkpoint_every_loops=flag_values.checkpoint_every_loops,
+        keep_checkpoints=flag_values.keep_checkpoints,
+        cache=flag_values.cache,
+        cache_budget_gb=flag_values.cache_budget_gb,
+        seed=flag_values.seed,
     )
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.job_dir:
+    train_from_flags(flags.FLAGS)
+
+
+def train_from_flags(flag_values: flags.FlagValues) -> None:
+    """Chooses the strategy and trains; bad data or a diverging loss end the process with one message."""
+    if not flag_values.job_dir:
         raise app.UsageError("--job_dir is required when AIP_MODEL_DIR is not set")
-    strategy = distribution.choose_strategy(FLAGS.cpu_replicas)
-    config = config_from_flags()
+    strategy = distribution.choose_strategy(flag_values.cpu_replicas)
+    config = config_from_flags(flag_values)
     logging.info("%s with %d replica(s) in sync; %s", type(strategy).__name__,
                  strategy.num_replicas_in_sync, config)
     try:
@@ -93,4 +152,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    define_flags()
+    app.run(main, argv=translate_legacy_arguments(sys.argv))

@@ -1,30 +1,52 @@
-"""Two-stage training under a tf.distribute strategy, resumable, then evaluation and export.
+"""Two-stage training in a loop of our own under any tf.distribute strategy, then evaluation and export.
 
 Stage 1 trains the head with ResNet50 frozen; stage 2 trains the whole network at a
-lower learning rate (the seed project's recipe). Epochs are numbered across stages
-(stage 2 starts at epoch stage1_epochs + 1), so TensorBoard, history.json and the
-per-epoch checkpoints read as one run.
+lower learning rate (the seed project's recipe); a stage with 0 epochs is skipped.
+Epochs are numbered across stages (stage 2 starts at epoch stage1_epochs + 1), so
+TensorBoard, history.json and the checkpoints read as one run.
 
-Fault tolerance: each stage's fit() runs with a BackupAndRestore backup of the last
-finished epoch (weights, optimizer state, epoch number), and a finished stage leaves
-its weights in `stage<N>.weights.h5`. A job started again with the same flags skips
-the finished stages and resumes the running one after its last saved epoch.
+The loop is the one tensorflow/models official/ runs through Orbit, reduced to what this
+model needs: the model, each stage's Adam and the metrics live in `strategy.scope()`; a
+`tf.function` runs `steps_per_loop` steps per host call through `strategy.run`, reading
+per-worker input from `strategy.distribute_datasets_from_function`; the loss is summed per
+example and divided by the global batch (`tf.nn.compute_average_loss`), so the gradients
+the optimizer all-reduces average over the global batch. The same code runs under
+MirroredStrategy (GPUs, logical CPUs) and MultiWorkerMirroredStrategy (TF_CONFIG), where
+Keras' own `Model.fit` cannot run (keras-team/keras#20585).
+
+Keras 3 updates BatchNormalization's moving statistics per replica without aggregating
+them; each loop ends by averaging them over all replicas, so every worker holds (and
+checkpoints, validates and exports) the same model.
+
+The host syncs once per loop: it checks the loss (NaN or infinite stops the job), writes
+TensorBoard scalars (chief), and asks every worker whether one of them received SIGTERM;
+if so, all checkpoint and exit together. At each epoch end every worker evaluates the val
+originals (the same numbers everywhere, so no worker waits for another's decision), the
+chief keeps the weights of the best epoch by val macro ROC-AUC, and all save a training
+checkpoint (see `trainer.checkpoints`). A job started again with the same flags resumes
+from the latest checkpoint at its stage and step. After training, the chief loads the
+best epoch's weights, evaluates val and test, and exports; test never chooses anything.
 """
 
 import dataclasses
 import json
 import math
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from beam_pipelines import contract
-from serving import export
-from trainer import distribution, evaluation, input_pipeline
+from serving import export, model_store
+from trainer import checkpoints, distribution, evaluation, input_pipeline, optimization, preemption
 from trainer import model as model_lib
+
+CONFIG_FILE = "config.json"
+GIGABYTE = 1024 ** 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,14 +61,20 @@ class TrainConfig:
     batch_size: int = 32  # Per replica.
     stage1_epochs: int = 2
     stage2_epochs: int = 10
-    stage1_learning_rate: float = 1e-3
+    stage1_learning_rate: float = 1e-3  # For a global batch of optimization.REFERENCE_BATCH_SIZE.
     stage2_learning_rate: float = 1e-5
+    warmup_steps: int = 100
     weights: str = "imagenet"
     class_weight: str = "none"
-    mixed_precision: bool = False
+    mixed_precision: str = "none"
+    jit_compile: bool = False
     steps_per_epoch: int | None = None
+    steps_per_loop: int = 50
+    checkpoint_every_loops: int = 0  # 0: at epoch ends only.
+    keep_checkpoints: int = 2
+    cache: str = "auto"
+    cache_budget_gb: float = 4.0
     seed: int = 42
-    verbose: int = 1  # Keras fit(): 1 progress bars, 2 one line per epoch.
 
 
 class TrainingDivergedError(RuntimeError):
@@ -55,12 +83,15 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class OutputPaths:
-    """Where a run writes; only the chief writes anything but its own backups."""
+    """Where a run writes; only the chief writes anything (other workers' checkpoints are temporary)."""
 
     job_dir: str
     checkpoint_dir: str
     tensorboard_dir: str
-    task: str
+
+    @property
+    def config_file(self) -> str:
+        return os.path.join(self.job_dir, CONFIG_FILE)
 
     @property
     def history_file(self) -> str:
@@ -78,42 +109,37 @@ class OutputPaths:
     def keras_file(self) -> str:
         return os.path.join(self.job_dir, "model.keras")
 
-    @property
-    def epoch_checkpoint(self) -> str:
-        """A ModelCheckpoint file pattern (Keras fills in the 1-based epoch)."""
-        return os.path.join(self.checkpoint_dir, "epoch-{epoch:03d}.weights.h5")
-
-    def stage_weights(self, stage: int) -> str:
-        return os.path.join(self.checkpoint_dir, f"stage{stage}.weights.h5")
-
-    def backup_dir(self, stage: int) -> str:
-        """Per task and stage: every worker restores the same epoch from its own backup."""
-        return os.path.join(self.checkpoint_dir, "backup", self.task, f"stage{stage}")
-
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """One fit() call: which layers train (`model.set_stage`), for how long, how fast."""
+    """Which layers train (`model.set_stage`), over which epochs (0-based, across stages), how fast."""
 
     number: int
+    first_epoch: int
     epochs: int
-    learning_rate: float
+    learning_rate: float  # For a global batch of optimization.REFERENCE_BATCH_SIZE.
     pretrained: bool  # The base started from trained weights: its BatchNormalization stays frozen.
+
+    @property
+    def end_epoch(self) -> int:
+        return self.first_epoch + self.epochs
 
 
 @dataclasses.dataclass(frozen=True)
-class FitInputs:
-    """What every stage's fit() reads."""
+class LoopSettings:
+    """How the steps of an epoch are cut into host calls, checkpoints and learning rates."""
 
-    train_data: tf.data.Dataset
+    global_batch_size: int
     steps_per_epoch: int
-    val_data: tf.data.Dataset | None
-    validation_steps: int | None
-    class_weight: dict[int, float] | None
-    verbose: int
+    steps_per_loop: int
+    checkpoint_every_loops: int
+    warmup_steps: int
+    precision: str
+    jit_compile: bool
+    class_weights: tuple[float, ...]
 
 
-class EpochHistory(keras.callbacks.Callback):
+class EpochHistory:
     """Keeps history.json current after every epoch, across stages and restarts.
 
     A resumed run appends to the file it finds; an epoch run again after a crash
@@ -121,37 +147,90 @@ class EpochHistory(keras.callbacks.Callback):
     """
 
     def __init__(self, path: str):
-        super().__init__()
         self.path = path
-        self.stage = 0
         self.epochs: list[dict] = []
         if tf.io.gfile.exists(path):
             with tf.io.gfile.GFile(path) as existing:
                 self.epochs = json.load(existing)["epochs"]
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        entry = {"stage": self.stage, "epoch": epoch + 1}
-        entry.update({name: float(value) for name, value in (logs or {}).items()})
+    def record(self, entry: dict) -> None:
         self.epochs = sorted([e for e in self.epochs if e["epoch"] != entry["epoch"]] + [entry],
                              key=lambda e: e["epoch"])
         # Written aside and renamed, so a job killed mid-write leaves the previous file intact.
-        tf.io.gfile.makedirs(os.path.dirname(self.path))
-        with tf.io.gfile.GFile(f"{self.path}.partial", "w") as output:
-            json.dump({"epochs": self.epochs}, output, indent=2)
-        tf.io.gfile.rename(f"{self.path}.partial", self.path, overwrite=True)
+        _write_json_atomically(self.path, {"epochs": self.epochs})
 
 
-class StageBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore for one of several fit() calls on the same model.
+class StageTrainer:
+    """One stage's optimizer, metrics and compiled loop: Orbit's StandardTrainer, reduced.
 
-    Keras stores the epoch it restored on the model (`_initial_epoch`) and applies it
-    to every later fit(); clearing it when the stage ends lets the next stage start
-    at its own first epoch.
+    `train(iterator, n)` runs n steps in one host call. Each replica computes the gradients
+    of its per-example losses (weighted by class) summed and divided by the global batch;
+    the optimizer all-reduces them across replicas and workers and applies them. With
+    `jit_compile` the forward and backward pass is compiled with XLA (the all-reduce and the
+    update stay outside it).
     """
 
-    def on_train_end(self, logs: dict | None = None) -> None:
-        super().on_train_end(logs)
-        self.model._initial_epoch = None
+    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                 settings: LoopSettings):
+        self.optimizer = optimizer
+        self._strategy = strategy
+        self._model = model
+        self._variables = model.trainable_variables
+        self._global_batch_size = settings.global_batch_size
+        self._class_weights = tf.constant(settings.class_weights, tf.float32)
+        with strategy.scope():
+            self._loss = keras.metrics.Mean("loss")
+            self._accuracy = keras.metrics.CategoricalAccuracy("accuracy")
+        self._batch_statistics = [variable for layer in model.layers
+                                  if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+                                  for variable in (layer.moving_mean, layer.moving_variance)]
+        self._gradients = tf.function(self._compute_gradients, jit_compile=settings.jit_compile)
+        self._loop = tf.function(self._run_steps)
+
+    def train(self, iterator: tf.distribute.DistributedIterator, num_steps: int) -> dict[str, float]:
+        """Runs `num_steps` steps; returns their mean loss and accuracy over all replicas."""
+        for metric in (self._loss, self._accuracy):
+            metric.reset_state()
+        results = self._loop(iterator, tf.constant(num_steps, tf.int32))
+        return {name: float(value) for name, value in results.items()}
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.optimizer.learning_rate)
+
+    def _run_steps(self, iterator: tf.distribute.DistributedIterator, num_steps: tf.Tensor) -> dict[str, tf.Tensor]:
+        for _ in tf.range(num_steps):
+            self._strategy.run(self._replica_step, args=next(iterator))
+        if self._batch_statistics and self._strategy.num_replicas_in_sync > 1:
+            self._strategy.run(self._average_batch_statistics)
+        return {"loss": self._loss.result(), "accuracy": self._accuracy.result()}
+
+    def _average_batch_statistics(self) -> None:
+        """Sets every replica's BatchNormalization moving statistics to their mean over all replicas.
+
+        Keras 3 updates them per replica without aggregation, so replicas (and workers) drift
+        apart; the moving averages are linear in the batch statistics, so their mean is the
+        moving average of the global batch means, as tf.keras computed it.
+        """
+        means = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.MEAN, [tf.identity(variable.value) for variable in self._batch_statistics])
+        for variable, mean in zip(self._batch_statistics, means):
+            variable.assign(mean)
+
+    def _replica_step(self, images: tf.Tensor, labels: tf.Tensor) -> None:
+        gradients, example_losses, probabilities = self._gradients(images, labels)
+        self.optimizer.apply(gradients, self._variables)
+        self._loss.update_state(example_losses)
+        self._accuracy.update_state(labels, probabilities)
+
+    def _compute_gradients(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[list, tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            probabilities = self._model(images, training=True)
+            example_losses = (keras.losses.categorical_crossentropy(labels, probabilities)
+                              * tf.gather(self._class_weights, tf.argmax(labels, axis=-1)))
+            loss = tf.nn.compute_average_loss(example_losses, global_batch_size=self._global_batch_size)
+            scaled_loss = self.optimizer.scale_loss(loss)  # Loss scaling under float16; else unchanged.
+        return tape.gradient(scaled_loss, self._variables), example_losses, probabilities
 
 
 def class_weights(mode: str, class_counts: Sequence[int]) -> dict[int, float] | None:
@@ -164,143 +243,281 @@ def class_weights(mode: str, class_counts: Sequence[int]) -> dict[int, float] | 
     raise ValueError(f"class_weight must be none or balanced, got {mode!r}")
 
 
-def run(config: TrainConfig, strategy: tf.distribute.Strategy,
-        extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, dict]:
-    """Checks the data, trains both stages, then (on the chief) evaluates and exports.
+def run(config: TrainConfig, strategy: tf.distribute.Strategy) -> dict[str, dict]:
+    """Checks the data, trains the unfinished epochs, then (on the chief) evaluates and exports.
 
     Returns the val and test metrics on the chief, {} on other workers.
 
     Raises:
       input_pipeline.DataError: the data dir cannot feed training (before any training).
       TrainingDivergedError: the loss became NaN or infinite.
+      preemption.Terminated: SIGTERM stopped training after a checkpoint.
     """
-    keras.utils.set_random_seed(config.seed)
-    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
     data = input_pipeline.inspect_data(config.data_dir, config.image_size)
     for split in data.values():
         logging.info("%s: %d examples %s in %d shard(s)", split.name, split.num_examples,
                      dict(zip(contract.CLASS_NAMES, split.class_counts)), len(split.shards))
-    global_batch_size = config.batch_size * strategy.num_replicas_in_sync
-    inputs = _fit_inputs(config, data, global_batch_size, distribution.worker_count(strategy))
-    logging.info("%d replica(s) in sync, global batch %d, %d steps per epoch, class weights %s",
-                 strategy.num_replicas_in_sync, global_batch_size, inputs.steps_per_epoch, inputs.class_weight)
+    settings = _loop_settings(config, data["train"], strategy.num_replicas_in_sync)
+    keras.utils.set_random_seed(config.seed)
+    optimization.set_precision(config.mixed_precision)
+    chief = distribution.is_chief(strategy)
+    paths = OutputPaths(config.job_dir, config.checkpoint_dir, config.tensorboard_dir)
+    run_description = describe_run(config, strategy, settings)
+    logging.info("%s, %d replica(s) in sync on %d worker(s): global batch %d, %d steps per epoch, "
+                 "%d steps per loop, learning rates %s, class weights %s", type(strategy).__name__,
+                 strategy.num_replicas_in_sync, distribution.worker_count(strategy), settings.global_batch_size,
+                 settings.steps_per_epoch, settings.steps_per_loop, run_description["learning_rates"],
+                 settings.class_weights)
+    if chief:
+        _write_json_atomically(paths.config_file, run_description)
+
     initial_weights = model_lib.resolve_weights(config.weights)
     with strategy.scope():
         model = model_lib.build_model(config.image_size, initial_weights)
-
-    chief = distribution.is_chief(strategy)
-    paths = OutputPaths(config.job_dir, config.checkpoint_dir, config.tensorboard_dir,
-                        distribution.task_name(strategy))
-    pretrained = initial_weights is not None
-    stages = (Stage(1, config.stage1_epochs, config.stage1_learning_rate, pretrained),
-              Stage(2, config.stage2_epochs, config.stage2_learning_rate, pretrained))
-    _train_stages(model, strategy, stages, inputs, paths, chief, extra_callbacks)
+    stages = [Stage(1, 0, config.stage1_epochs, config.stage1_learning_rate, initial_weights is not None),
+              Stage(2, config.stage1_epochs, config.stage2_epochs, config.stage2_learning_rate,
+                    initial_weights is not None)]
+    state = checkpoints.TrainingState()
+    store = checkpoints.TrainCheckpoints(paths.checkpoint_dir, chief, config.keep_checkpoints)
+    latest = store.latest()
+    if latest:
+        _resume_counters_and_weights(latest, model, state, stages, settings.steps_per_epoch)
+    cached = _cached_splits(config, data, distribution.worker_count(strategy))
+    val_data = input_pipeline.eval_dataset(data["val"], config.image_size, settings.global_batch_size,
+                                           cache="val" in cached)
+    if int(state.epoch) < stages[-1].end_epoch:
+        train_data = strategy.distribute_datasets_from_function(
+            lambda context: input_pipeline.train_dataset(
+                data["train"], config.image_size, context.get_per_replica_batch_size(settings.global_batch_size),
+                seed=config.seed + int(state.step), input_context=context, cache="train" in cached))
+        _train_stages(model, strategy, stages, settings, state, store, latest, iter(train_data),
+                      lambda: validation_metrics(model, val_data), paths, chief)
     if not chief:
+        distribution.AnyWorker(strategy)(False)  # Waits for the chief's evaluation and export.
         return {}
-    return _evaluate_and_export(model, data, config.image_size, global_batch_size, paths)
+    best = checkpoints.BestWeights(model, paths.checkpoint_dir).restore()
+    logging.info("evaluating the weights of epoch %d, the best on val (macro ROC-AUC %.4f): %s",
+                 int(state.best_epoch), float(state.best_score), best)
+    metrics = _evaluate_and_export(model, data, val_data, config.image_size, settings.global_batch_size, paths,
+                                   run_description)
+    distribution.AnyWorker(strategy)(False)
+    return metrics
 
 
-def _fit_inputs(config: TrainConfig, data: dict[str, input_pipeline.SplitData], global_batch_size: int,
-                workers: int) -> FitInputs:
-    train, val = data["train"], data["val"]
+def describe_run(config: TrainConfig, strategy: tf.distribute.Strategy, settings: LoopSettings) -> dict:
+    """The run's configuration as `config.json` and the export's metadata hold it."""
+    return {
+        "config": dataclasses.asdict(config),
+        "strategy": type(strategy).__name__,
+        "replicas": strategy.num_replicas_in_sync,
+        "workers": distribution.worker_count(strategy),
+        "global_batch_size": settings.global_batch_size,
+        "steps_per_epoch": settings.steps_per_epoch,
+        "learning_rates": {
+            f"stage{number}": optimization.scaled_learning_rate(rate, settings.global_batch_size)
+            for number, rate in ((1, config.stage1_learning_rate), (2, config.stage2_learning_rate))},
+        "class_names": list(contract.CLASS_NAMES),
+        "preprocessing_version": contract.PREPROCESSING_VERSION,
+        "tensorflow_version": tf.__version__,
+    }
+
+
+def validation_metrics(model: keras.Model, val_data: tf.data.Dataset) -> dict[str, float | None]:
+    """The per-epoch validation: loss, accuracy and macro ROC-AUC on the val originals."""
+    predictions = evaluation.predict(model, {"val": val_data})["val"]
+    metrics = evaluation.classification_metrics(predictions.labels, predictions.probabilities)
+    true_class = predictions.probabilities[np.arange(len(predictions.labels)), predictions.labels]
+    return {"val_loss": float(-np.mean(np.log(np.clip(true_class, keras.config.epsilon(), 1.0)))),
+            "val_accuracy": metrics["accuracy"], "val_roc_auc": metrics["macro"]["roc_auc"]}
+
+
+def _resume_counters_and_weights(latest: str, model: keras.Model, state: checkpoints.TrainingState,
+                                 stages: Sequence[Stage], steps_per_epoch: int) -> None:
+    """Loads the model and counters of `latest` (the running stage's optimizer is loaded once built)."""
+    tf.train.Checkpoint(model=model, state=state).read(latest).expect_partial()
+    stage = _stage_of_epoch(stages, int(state.epoch))
+    logging.info("resuming from checkpoint %s: stage %d step %d (epoch %d, step %d of %d in the epoch)", latest,
+                 stage.number, int(state.step), int(state.epoch) + 1, int(state.step_in_epoch), steps_per_epoch)
+
+
+def _cached_splits(config: TrainConfig, data: dict[str, input_pipeline.SplitData], workers: int) -> set[str]:
+    """The splits whose decoded images stay in memory; each worker caches only its share of train."""
+    cached = input_pipeline.choose_cache(config.cache, {
+        "train": input_pipeline.decoded_bytes(data["train"].num_examples / workers, config.image_size),
+        "val": input_pipeline.decoded_bytes(data["val"].num_examples, config.image_size),
+    }, int(config.cache_budget_gb * GIGABYTE))
+    logging.info("decoded images cached in memory after their first pass (--cache %s, budget %g GB): %s",
+                 config.cache, config.cache_budget_gb, ", ".join(sorted(cached)) or "none")
+    return cached
+
+
+def _loop_settings(config: TrainConfig, train: input_pipeline.SplitData, replicas: int) -> LoopSettings:
+    global_batch_size = config.batch_size * replicas
     full_batches = train.num_examples // global_batch_size
     if not full_batches:
         raise input_pipeline.DataError(
             f"the train split has {train.num_examples} examples, fewer than one global batch of "
             f"{global_batch_size} (--batch_size per replica × replicas); lower --batch_size")
-    # Per-epoch validation reads whole global batches (see input_pipeline.validation_dataset);
-    # the final evaluation reads every original.
-    validation_steps = val.num_examples // global_batch_size
-    if not validation_steps:
-        logging.warning("val has %d originals, fewer than one global batch of %d: no per-epoch validation",
-                        val.num_examples, global_batch_size)
-    return FitInputs(
-        train_data=input_pipeline.train_dataset(train, config.image_size, global_batch_size, workers, config.seed),
+    weights = class_weights(config.class_weight, train.class_counts)
+    return LoopSettings(
+        global_batch_size=global_batch_size,
         steps_per_epoch=min(full_batches, config.steps_per_epoch or full_batches),
-        val_data=input_pipeline.validation_dataset(val, config.image_size, global_batch_size, workers)
-        if validation_steps else None,
-        validation_steps=validation_steps or None,
-        class_weight=class_weights(config.class_weight, train.class_counts),
-        verbose=config.verbose,
-    )
+        steps_per_loop=config.steps_per_loop,
+        checkpoint_every_loops=config.checkpoint_every_loops,
+        warmup_steps=config.warmup_steps,
+        precision=config.mixed_precision,
+        jit_compile=config.jit_compile,
+        class_weights=tuple(weights[index] for index in range(contract.NUM_CLASSES)) if weights
+        else (1.0,) * contract.NUM_CLASSES)
+
+
+def _stage_of_epoch(stages: Sequence[Stage], epoch: int) -> Stage:
+    """The stage that trains 0-based `epoch` (the last stage once training is over)."""
+    return next((stage for stage in stages if stage.first_epoch <= epoch < stage.end_epoch), stages[-1])
 
 
 def _train_stages(model: keras.Model, strategy: tf.distribute.Strategy, stages: Sequence[Stage],
-                  inputs: FitInputs, paths: OutputPaths, chief: bool,
-                  extra_callbacks: Sequence[keras.callbacks.Callback]) -> None:
-    """Runs the unfinished stages; leaves the model with the last stage's weights."""
-    history = EpochHistory(paths.history_file)
-    first_epoch, finished_weights = 0, None
-    for stage in stages:
-        if tf.io.gfile.exists(paths.stage_weights(stage.number)):
-            logging.info("stage %d already finished: %s", stage.number, paths.stage_weights(stage.number))
-            finished_weights = paths.stage_weights(stage.number)
-        elif stage.epochs:
-            if finished_weights:
-                model.load_weights(finished_weights)
-                finished_weights = None
-            history.stage = stage.number
-            _fit_stage(model, strategy, stage, first_epoch, inputs,
-                       _callbacks(stage, paths, chief, history, extra_callbacks))
-            if chief:
-                _save_weights_atomically(model, paths.stage_weights(stage.number))
-        first_epoch += stage.epochs
-    if finished_weights:
-        model.load_weights(finished_weights)
+                  settings: LoopSettings, state: checkpoints.TrainingState, store: checkpoints.TrainCheckpoints,
+                  latest: str | None, iterator: tf.distribute.DistributedIterator,
+                  validate: Callable[[], dict[str, float | None]], paths: OutputPaths, chief: bool) -> None:
+    """Runs the unfinished epochs of every stage; leaves the model with the last epoch's weights."""
+    writers = _summary_writers(paths.tensorboard_dir) if chief else None
+    history = EpochHistory(paths.history_file) if chief else None
+    best = checkpoints.BestWeights(model, paths.checkpoint_dir) if chief else None
+    any_worker = distribution.AnyWorker(strategy)
+    with preemption.TerminationRequest() as termination:
+        for stage in stages:
+            if int(state.epoch) >= stage.end_epoch:
+                continue
+            model_lib.set_stage(model, stage.number, stage.pretrained)
+            with strategy.scope():
+                optimizer = optimization.build_optimizer(
+                    optimization.learning_rate_schedule(stage.learning_rate, settings.global_batch_size,
+                                                        settings.warmup_steps),
+                    settings.precision, model.trainable_variables)
+            if latest and checkpoints.saved_stage(latest) == stage.number:
+                tf.train.Checkpoint(optimizer=optimizer).read(latest).expect_partial()
+            state.stage.assign(stage.number)
+            trainer = StageTrainer(strategy, model, optimizer, settings)
+            checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, state=state)
+            logging.info("stage %d: epochs %d-%d, %d trainable weights", stage.number, stage.first_epoch + 1,
+                         stage.end_epoch, len(model.trainable_weights))
+            while int(state.epoch) < stage.end_epoch:
+                _train_epoch(trainer, iterator, stage, settings, state, store, checkpoint, termination, any_worker,
+                             writers)
+                entry = {"stage": stage.number, "epoch": int(state.epoch) + 1,
+                         "loss": float(state.epoch_loss_sum) / settings.steps_per_epoch,
+                         "accuracy": float(state.epoch_accuracy_sum) / settings.steps_per_epoch,
+                         "learning_rate": trainer.learning_rate, **validate()}
+                _end_epoch(entry, state, best)
+                path = store.save(checkpoint, int(state.step))
+                logging.info("epoch %d: %s; checkpoint %s", entry["epoch"], _format_figures(entry),
+                             path or "saved by the chief")
+                if chief:
+                    history.record(entry)
+                    _write_validation_summaries(writers, entry, int(state.step))
 
 
-def _callbacks(stage: Stage, paths: OutputPaths, chief: bool, history: EpochHistory,
-               extra_callbacks: Sequence[keras.callbacks.Callback]) -> list[keras.callbacks.Callback]:
-    """NaN guard first; the backup last, so it saves only once the epoch is fully logged."""
-    callbacks = [keras.callbacks.TerminateOnNaN()]
-    if chief:
-        callbacks += [
-            history,
-            keras.callbacks.ModelCheckpoint(paths.epoch_checkpoint, save_weights_only=True),
-            keras.callbacks.TensorBoard(paths.tensorboard_dir, write_graph=False, profile_batch=0),
-        ]
-    callbacks.append(StageBackupAndRestore(paths.backup_dir(stage.number)))
-    return callbacks + list(extra_callbacks)
+def _train_epoch(trainer: StageTrainer, iterator: tf.distribute.DistributedIterator, stage: Stage,
+                 settings: LoopSettings, state: checkpoints.TrainingState, store: checkpoints.TrainCheckpoints,
+                 checkpoint: tf.train.Checkpoint, termination: preemption.TerminationRequest,
+                 any_worker: distribution.AnyWorker, writers: dict[str, tf.summary.SummaryWriter] | None) -> None:
+    """Runs the rest of the current epoch, one host call per loop."""
+    loops = 0
+    while int(state.step_in_epoch) < settings.steps_per_epoch:
+        num_steps = min(settings.steps_per_loop, settings.steps_per_epoch - int(state.step_in_epoch))
+        start = time.perf_counter()
+        results = trainer.train(iterator, num_steps)
+        steps_per_second = num_steps / (time.perf_counter() - start)
+        if not math.isfinite(results["loss"]):
+            raise TrainingDivergedError(
+                f"stage {stage.number}: the training loss became {results['loss']} by step "
+                f"{int(state.step) + num_steps} (epoch {int(state.epoch) + 1}) and training stopped; lower "
+                f"--stage{stage.number}_learning_rate, check the input data, or set --mixed_precision=none")
+        state.step.assign_add(num_steps)
+        state.step_in_epoch.assign_add(num_steps)
+        state.epoch_loss_sum.assign_add(results["loss"] * num_steps)
+        state.epoch_accuracy_sum.assign_add(results["accuracy"] * num_steps)
+        loops += 1
+        learning_rate = trainer.learning_rate
+        logging.info("stage %d epoch %d step %d (%d/%d): loss %.4f accuracy %.4f learning rate %.3g, %.2f steps/s",
+                     stage.number, int(state.epoch) + 1, int(state.step), int(state.step_in_epoch),
+                     settings.steps_per_epoch, results["loss"], results["accuracy"], learning_rate, steps_per_second)
+        if writers:
+            with writers["train"].as_default(step=int(state.step)):
+                for name, value in (*results.items(), ("learning_rate", learning_rate),
+                                    ("steps_per_second", steps_per_second)):
+                    tf.summary.scalar(name, value)
+        terminate = any_worker(termination.requested)
+        epoch_continues = int(state.step_in_epoch) < settings.steps_per_epoch
+        periodic = settings.checkpoint_every_loops and loops % settings.checkpoint_every_loops == 0
+        if terminate or (periodic and epoch_continues):
+            path = store.save(checkpoint, int(state.step))
+            logging.info("checkpoint at stage %d step %d: %s", stage.number, int(state.step),
+                         path or "saved by the chief")
+        if terminate:
+            message = (f"stopped by SIGTERM at stage {stage.number} step {int(state.step)} after a checkpoint; "
+                       f"start the job again with the same flags to resume (exit code {preemption.EXIT_CODE})")
+            logging.warning("%s", message)
+            raise preemption.Terminated(message)
 
 
-def _fit_stage(model: keras.Model, strategy: tf.distribute.Strategy, stage: Stage, first_epoch: int,
-               inputs: FitInputs, callbacks: list[keras.callbacks.Callback]) -> None:
-    with strategy.scope():
-        model_lib.set_stage(model, stage.number, stage.pretrained)
-        model.compile(optimizer=keras.optimizers.Adam(stage.learning_rate),
-                      loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
-    logging.info("stage %d: epochs %d-%d, learning rate %g, %d trainable weights", stage.number,
-                 first_epoch + 1, first_epoch + stage.epochs, stage.learning_rate,
-                 len(model.trainable_weights))
-    fit_history = model.fit(
-        inputs.train_data, epochs=first_epoch + stage.epochs, initial_epoch=first_epoch,
-        steps_per_epoch=inputs.steps_per_epoch, validation_data=inputs.val_data,
-        validation_steps=inputs.validation_steps, class_weight=inputs.class_weight,
-        callbacks=callbacks, verbose=inputs.verbose,
-        shuffle=False)  # tf.data shuffles; Keras's own shuffling applies to in-memory arrays only.
-    losses = fit_history.history.get("loss", [])
-    if losses and not math.isfinite(losses[-1]):
-        raise TrainingDivergedError(
-            f"stage {stage.number}: the training loss became {losses[-1]} in epoch {fit_history.epoch[-1] + 1} "
-            f"and training stopped; lower --stage{stage.number}_learning_rate, check the input data, "
-            "or turn off --mixed_precision")
+def _end_epoch(entry: dict, state: checkpoints.TrainingState, best: checkpoints.BestWeights | None) -> None:
+    """Moves the counters to the next epoch; keeps the weights if val macro ROC-AUC improved."""
+    score = entry["val_roc_auc"]
+    if score is None or score > float(state.best_score):
+        if score is None:
+            logging.warning("val macro ROC-AUC is undefined (val lacks classes): epoch %d counts as the best so far",
+                            entry["epoch"])
+        state.best_score.assign(-1.0 if score is None else score)
+        state.best_epoch.assign(entry["epoch"])
+        if best:
+            best.save(entry["epoch"])
+    entry["best_epoch"] = int(state.best_epoch)
+    state.epoch.assign_add(1)
+    state.step_in_epoch.assign(0)
+    state.epoch_loss_sum.assign(0.0)
+    state.epoch_accuracy_sum.assign(0.0)
 
 
-def _save_weights_atomically(model: keras.Model, path: str) -> None:
-    """A stage's weights appear complete or not at all: a restart trusts their presence."""
-    partial = path.replace(".weights.h5", "-partial.weights.h5")
-    model.save_weights(partial)
-    tf.io.gfile.rename(partial, path, overwrite=True)
+def _summary_writers(tensorboard_dir: str) -> dict[str, tf.summary.SummaryWriter]:
+    return {name: tf.summary.create_file_writer(os.path.join(tensorboard_dir, name))
+            for name in ("train", "validation")}
 
 
-def _evaluate_and_export(model: keras.Model, data: dict[str, input_pipeline.SplitData], image_size: int,
-                         batch_size: int, paths: OutputPaths) -> dict[str, dict]:
-    results = evaluation.predict(model, {split: input_pipeline.eval_dataset(data[split], image_size, batch_size, 1)
-                                         for split in ("val", "test")})
+def _write_validation_summaries(writers: dict[str, tf.summary.SummaryWriter], entry: dict, step: int) -> None:
+    with writers["validation"].as_default(step=step):
+        for name in ("loss", "accuracy", "roc_auc"):
+            if entry[f"val_{name}"] is not None:
+                tf.summary.scalar(name, entry[f"val_{name}"])
+    for writer in writers.values():
+        writer.flush()
+
+
+def _format_figures(entry: dict) -> str:
+    return ", ".join(f"{name} {'n/a' if value is None else f'{value:.4f}'}" for name, value in entry.items()
+                     if name not in ("stage", "epoch", "best_epoch", "learning_rate"))
+
+
+def _write_json_atomically(path: str, content: dict) -> None:
+    """Written aside and renamed, so a job killed mid-write leaves the previous file intact."""
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(f"{path}.partial", "w") as output:
+        json.dump(content, output, indent=2)
+    tf.io.gfile.rename(f"{path}.partial", path, overwrite=True)
+
+
+def _evaluate_and_export(model: keras.Model, data: dict[str, input_pipeline.SplitData], val_data: tf.data.Dataset,
+                         image_size: int, batch_size: int, paths: OutputPaths,
+                         run_description: dict) -> dict[str, dict]:
+    results = evaluation.predict(model, {"val": val_data,
+                                         "test": input_pipeline.eval_dataset(data["test"], image_size, batch_size)})
     metrics = evaluation.write_report(paths.eval_dir, results)
     print(f"\nEvaluation on original images (image/augmentation == 0), {paths.eval_dir}:\n"
           f"{evaluation.format_table(metrics)}\n", flush=True)
-    export.export_saved_model(model, paths.export_dir, image_size)
-    model.save(paths.keras_file)
+    export.export_saved_model(model, paths.export_dir, model_store.ModelContract(
+        image_size=image_size, class_names=contract.CLASS_NAMES,
+        preprocessing_version=contract.PREPROCESSING_VERSION, training_config=run_description))
+    model.save(paths.keras_file)  # Never compiled, so it carries no optimizer state.
     logging.info("wrote %s, %s, %s", paths.export_dir, paths.keras_file, paths.history_file)
     return metrics

@@ -3,9 +3,12 @@
 By default one a3-highgpu-8g machine with 8 × H100, where the trainer's MirroredStrategy uses
 every GPU. `--replica_count N` asks for N machines: worker pool 0 holds the chief and worker pool 1
 the other N-1 workers; Vertex AI describes that cluster in TF_CONFIG, from which the trainer picks
-MultiWorkerMirroredStrategy. Vertex AI derives AIP_MODEL_DIR, AIP_CHECKPOINT_DIR and
-AIP_TENSORBOARD_LOG_DIR from --base_output_dir, and the trainer writes there, so submitting again
-with the same --base_output_dir resumes from the last checkpoint.
+MultiWorkerMirroredStrategy; every replica runs the same trainer with the same flags, the code
+that tests/test_trainer_distributed.py runs as a chief and a worker. Vertex AI derives
+AIP_MODEL_DIR, AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR from --base_output_dir, and the
+trainer writes there. Before it preempts a VM, Vertex AI sends SIGTERM: the trainer checkpoints at
+the next loop boundary on every replica and exits; the restarted job (or one submitted again with
+the same --base_output_dir) resumes from that checkpoint at its stage and step.
 
 Flags this launcher does not define, and everything after `--`, go to `python -m trainer.task`
 unchanged. Google Cloud is reached with Application Default Credentials only; `--dry_run` prints
@@ -102,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Overrides the preset's GPU type, e.g. NVIDIA_A100_80GB or NVIDIA_L4.")
     parser.add_argument("--accelerator_count", type=int, help="Overrides the preset's GPUs per machine.")
     parser.add_argument("--replica_count", type=int, default=1,
-                        help="Machines in the job; more than 1 trains with MultiWorkerMirroredStrategy.")
+                        help="Machines in the job; more than 1 trains with MultiWorkerMirroredStrategy, each "
+                             "machine reading its own train shards.")
     parser.add_argument("--boot_disk_size_gb", type=int, default=100, help="Boot disk (pd-ssd) per machine.")
     parser.add_argument("--service_account",
                         help="Service account the job runs as (required with --tensorboard).")

@@ -1,0 +1,116 @@
+"""Loads an exported model together with the contract it was trained under.
+
+The trainer's SavedModel answers its `metadata` signature (`contract.SERVING_METADATA_SIGNATURE`,
+no inputs) with the image size, the class names in output order, the preprocessing
+version and the training configuration. Batch prediction and `cxr-predict` both load
+models here, so neither needs a flag that repeats a choice made at training time.
+Models exported before the contract existed load with `contract=None`; their callers
+fall back to an explicit `--image_size`.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import tensorflow as tf
+
+from beam_pipelines import contract as data_contract
+
+EXPORT_DIR = "export"
+
+
+class ModelStoreError(Exception):
+    """No usable SavedModel where one was expected, or one this code cannot serve; says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelContract:
+    """What a model needs from its inputs and what its outputs mean."""
+
+    image_size: int
+    class_names: tuple[str, ...]
+    preprocessing_version: int
+    training_config: dict[str, Any]
+
+    def as_tensors(self) -> dict[str, tf.Tensor]:
+        """The `metadata` signature's outputs."""
+        return {
+            data_contract.METADATA_IMAGE_SIZE: tf.constant(self.image_size, tf.int64),
+            data_contract.METADATA_CLASS_NAMES: tf.constant(list(self.class_names), tf.string),
+            data_contract.METADATA_PREPROCESSING_VERSION: tf.constant(self.preprocessing_version, tf.int64),
+            data_contract.METADATA_TRAINING_CONFIG: tf.constant(json.dumps(self.training_config, sort_keys=True)),
+        }
+
+    @classmethod
+    def from_tensors(cls, outputs: dict[str, tf.Tensor]) -> "ModelContract":
+        return cls(
+            image_size=int(outputs[data_contract.METADATA_IMAGE_SIZE]),
+            class_names=tuple(name.decode("utf-8") for name in outputs[data_contract.METADATA_CLASS_NAMES].numpy()),
+            preprocessing_version=int(outputs[data_contract.METADATA_PREPROCESSING_VERSION]),
+            training_config=json.loads(outputs[data_contract.METADATA_TRAINING_CONFIG].numpy().decode("utf-8")),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A loaded SavedModel: its folder, signatures and contract (None for pre-contract exports)."""
+
+    export_dir: str
+    signatures: dict[str, Any]  # Name → concrete function.
+    contract: ModelContract | None
+    module: Any  # The loaded object; it owns the variables the signatures read.
+
+
+def find_export_dir(model_dir: str) -> str:
+    """`model_dir` itself or its `export/` subfolder, whichever holds a SavedModel."""
+    for candidate in (model_dir, os.path.join(model_dir, EXPORT_DIR)):
+        if tf.io.gfile.exists(os.path.join(candidate, tf.saved_model.SAVED_MODEL_FILENAME_PB)):
+            return candidate
+    raise ModelStoreError(f"{model_dir} holds no SavedModel; pass the trainer's job dir or its {EXPORT_DIR}/ folder")
+
+
+def load(model_dir: str) -> LoadedModel:
+    """Loads the SavedModel of a job dir (or of its `export/` folder) and reads its contract.
+
+    Raises:
+      ModelStoreError: no SavedModel there, or a contract this code cannot serve
+        (other classes, or another preprocessing version).
+    """
+    export_dir = find_export_dir(model_dir)
+    module = tf.saved_model.load(export_dir)
+    signatures = dict(module.signatures)
+    model_contract = None
+    if data_contract.SERVING_METADATA_SIGNATURE in signatures:
+        model_contract = ModelContract.from_tensors(signatures[data_contract.SERVING_METADATA_SIGNATURE]())
+        if problem := contract_problem(model_contract):
+            raise ModelStoreError(f"the model in {export_dir} {problem}")
+    return LoadedModel(export_dir, signatures, model_contract, module)
+
+
+def contract_problem(model_contract: ModelContract) -> str | None:
+    """Why this code cannot serve a model with `model_contract`, or None."""
+    if model_contract.class_names != data_contract.CLASS_NAMES:
+        return (f"predicts classes {list(model_contract.class_names)}, but this code reports "
+                f"{list(data_contract.CLASS_NAMES)}")
+    if model_contract.preprocessing_version != data_contract.PREPROCESSING_VERSION:
+        return (f"was trained on preprocessing version {model_contract.preprocessing_version}, but this code "
+                f"prepares images with version {data_contract.PREPROCESSING_VERSION}")
+    if problem := data_contract.image_size_problem(model_contract.image_size):
+        return f"has an unusable {problem}"
+    return None
+
+
+def image_size(loaded: LoadedModel, requested: int | None) -> int:
+    """The image size to serve `loaded` at: its contract's; `requested` only for pre-contract models.
+
+    Raises:
+      ModelStoreError: `requested` contradicts the contract.
+    """
+    if loaded.contract is None:
+        return requested or data_contract.DEFAULT_IMAGE_SIZE
+    if requested is not None and requested != loaded.contract.image_size:
+        raise ModelStoreError(
+            f"--image_size {requested} contradicts the model in {loaded.export_dir}, which takes "
+            f"{loaded.contract.image_size}x{loaded.contract.image_size} images (its metadata); omit --image_size")
+    return loaded.contract.image_size

@@ -1,0 +1,81 @@
+"""Numeric precision, the learning rate as a function of the global batch, and the optimizer.
+
+Learning rate: the linear scaling rule of Goyal et al. (2017, "Accurate, Large Minibatch
+SGD"). The flags give the rate for a global batch of `REFERENCE_BATCH_SIZE` (32, one
+replica at the default batch size); a global batch of B trains at rate × B / 32, so
+renting more GPUs does not change the model a user gets more than the batch size itself
+does. When that raises the rate, each stage starts at the reference rate and ramps
+linearly to the scaled one over its first `warmup_steps` steps; when it lowers the rate
+(a global batch under 32), no warm-up is needed.
+"""
+
+import keras
+import tensorflow as tf
+
+REFERENCE_BATCH_SIZE = 32
+PRECISIONS = ("none", "float16", "bfloat16")
+_KERAS_POLICIES = {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+# NVIDIA Ampere (compute capability 8.0: A100, L4) and later run bfloat16 at float16 speed,
+# and bfloat16 keeps float32's exponent range, so it needs no loss scaling.
+BFLOAT16_COMPUTE_CAPABILITY = (8, 0)
+
+
+def default_precision() -> str:
+    """`bfloat16` on Ampere or newer GPUs, `float16` on older ones, `none` without a GPU."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "none"
+    capabilities = [tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
+                    for gpu in gpus]
+    return "bfloat16" if min(capabilities) >= BFLOAT16_COMPUTE_CAPABILITY else "float16"
+
+
+def set_precision(precision: str) -> None:
+    """Sets Keras' global dtype policy; call before the model is built.
+
+    `float16` and `bfloat16` compute in that type and keep float32 variables; the softmax
+    stays float32 (see `trainer.model`).
+    """
+    if precision not in _KERAS_POLICIES:
+        raise ValueError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    keras.mixed_precision.set_global_policy(_KERAS_POLICIES[precision])
+
+
+def scaled_learning_rate(base_learning_rate: float, global_batch_size: int) -> float:
+    """The linear scaling rule: `base_learning_rate` is the rate for a global batch of 32."""
+    return base_learning_rate * global_batch_size / REFERENCE_BATCH_SIZE
+
+
+class LinearWarmUp(keras.optimizers.schedules.LearningRateSchedule):
+    """`initial` at step 0, rising linearly to `target` at `warmup_steps`, then `target`."""
+
+    def __init__(self, initial: float, target: float, warmup_steps: int):
+        self.initial = float(initial)
+        self.target = float(target)
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step: tf.Tensor) -> tf.Tensor:
+        if not self.warmup_steps:
+            return tf.constant(self.target, tf.float32)
+        fraction = tf.minimum(tf.cast(step, tf.float32) / self.warmup_steps, 1.0)
+        return self.initial + (self.target - self.initial) * fraction
+
+
+def learning_rate_schedule(base_learning_rate: float, global_batch_size: int,
+                           warmup_steps: int) -> LinearWarmUp:
+    """One stage's schedule: from min(base, scaled) to the scaled rate over `warmup_steps`."""
+    target = scaled_learning_rate(base_learning_rate, global_batch_size)
+    return LinearWarmUp(min(base_learning_rate, target), target, warmup_steps if target > base_learning_rate else 0)
+
+
+def build_optimizer(schedule: LinearWarmUp, precision: str,
+                    variables: list[keras.Variable]) -> keras.optimizers.Optimizer:
+    """Adam for `variables`, built so a checkpoint can restore its slots; call in `strategy.scope()`.
+
+    float16 wraps it in a LossScaleOptimizer: float16 gradients underflow without loss scaling.
+    """
+    optimizer = keras.optimizers.Adam(learning_rate=schedule)
+    if precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(variables)
+    return optimizer
