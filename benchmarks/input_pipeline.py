@@ -126,7 +126,8 @@ def feed_ratios(split: input_pipeline.SplitData, image_size: int, batch_size: in
 
 
 def report(image_size: int, batch_size: int, num_records: int, num_shards: int, all_cores: float,
-           one_core: float, one_core_cached: float, rates: dict[int, tuple[float, float]], steps: int) -> str:
+           one_core: float, one_core_cached: float, rates: dict[int, tuple[float, float]], steps: int,
+           load: str) -> str:
     cores = os.cpu_count() or 1
     scale = (224 / image_size) ** 2
     lines = [
@@ -134,7 +135,8 @@ def report(image_size: int, batch_size: int, num_records: int, num_shards: int, 
         "",
         f"Measured {datetime.date.today().isoformat()} on {cpu_name()}, {cores} logical CPU(s), "
         f"TensorFlow {tf.__version__}, by `python -m benchmarks.input_pipeline`: {num_records} "
-        f"records of {image_size}² PNGs in {num_shards} GZIP shards.",
+        f"records of {image_size}² PNGs in {num_shards} GZIP shards. Load average before the run: {load} "
+        "(other processes may share the machine; a 1-minute figure near or above the core count means they did).",
         "",
         "| measurement | value |",
         "| --- | --- |",
@@ -195,6 +197,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--steps", type=int, default=12, help="timed training steps per measurement")
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(0)
+    load = " / ".join(f"{value:.1f}" for value in os.getloadavg())
     split = train_split(args.data_dir, args.work_dir, args.image_size)
     num_records = sum(1 for _ in tf.data.TFRecordDataset(split.shards, compression_type=contract.TFRECORD_COMPRESSION))
     all_cores = pipeline_images_per_second(split, args.image_size, threads=None)
@@ -203,8 +206,7 @@ def main(argv: list[str] | None = None) -> str:
                                                  warm_up_batches=-(-num_records // THROUGHPUT_BATCH) + 1)
     rates = feed_ratios(split, args.image_size, args.batch_size, args.steps)
     return report(args.image_size, args.batch_size, num_records, len(split.shards), all_cores, one_core,
-                  one_core_cached, rates,
-                  args.steps)
+                  one_core_cached, rates, args.steps, load)
 
 
 if __name__ == "__main__":

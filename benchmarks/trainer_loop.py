@@ -106,8 +106,8 @@ def report(results: dict, image_size: int, batch_size: int, steps: int, rounds: 
         f"CPU(s), TensorFlow {results['tensorflow']}, by `python -m benchmarks.trainer_loop`: stage 2 (whole "
         f"network, random weights) at {image_size}², {REPLICAS} logical CPU replicas × batch {batch_size} = global "
         f"batch {results['global_batch_size']}, {results['records']} phantom records, {rounds} interleaved runs of "
-        f"{steps} steps per mode. Load average before the run: {load}; other processes shared the machine, so "
-        "the runs of one mode spread by the percentage in the last column.",
+        f"{steps} steps per mode. Load average before the run: {load} (other processes may share the machine); "
+        "the last column is how far the slowest run of a mode was from its best.",
         "",
         "| mode | ms per step (best run) | steps/s | relative to fit | host CPU ms per step (median) | "
         "spread of runs |",
