@@ -32,21 +32,22 @@ $(VENV)/.installed: setup.py
 demo: export PYTHONUNBUFFERED := 1
 demo: install
 	@rm -rf $(DEMO_DIR)
-	@echo "==> 1/5 synthesise 600 RSNA DICOMs and 240 covid images at 1024² into $(DEMO_DIR)/raw/ (about a minute)"
+	@echo "==> 1/5 synthesise 800 RSNA DICOMs and 800 covid images at 512² into $(DEMO_DIR)/raw/ (about a minute)"
 	@$(PYTHON) -m beam_pipelines.synthesize --output_dir $(DEMO_DIR)/raw \
-		--num_rsna 600 --num_covid 240 --image_size 1024 --seed 7 $(LOCAL_BEAM) $(QUIET_TF)
+		--num_rsna 800 --num_covid 800 --image_size 512 --seed 7 $(LOCAL_BEAM) $(QUIET_TF)
 	@echo "==> 2/5 preprocess: decode, split by patient, augment, write TFRecords to $(DEMO_DIR)/tfrecords/"
 	@$(PYTHON) -c "import secrets; print(secrets.token_hex(32))" > $(DEMO_DIR)/patient_key
 	@$(PYTHON) -m beam_pipelines.preprocess --rsna_dir $(DEMO_DIR)/raw/rsna --covid_dir $(DEMO_DIR)/raw/covid \
-		--output_dir $(DEMO_DIR)/tfrecords --image_size 128 --augment auto \
+		--output_dir $(DEMO_DIR)/tfrecords --image_size 64 --augment auto --split 0.6,0.2,0.2 \
 		--patient_key_file $(DEMO_DIR)/patient_key $(LOCAL_BEAM) $(QUIET_TF)
 	@echo "==> 3/5 train ResNet50 from random weights on the CPU into $(DEMO_DIR)/model/ (a few minutes)"
+	@# A random backbone has nothing to freeze: one whole-network stage (stage 1 skipped).
 	@$(PYTHON) -m trainer.task --data_dir $(DEMO_DIR)/tfrecords --job_dir $(DEMO_DIR)/model \
-		--image_size 128 --batch_size 16 --stage1_epochs 3 --stage2_epochs 3 --steps_per_epoch 30 \
-		--stage1_learning_rate 2e-3 --stage2_learning_rate 6e-4 --weights none $(QUIET_TF)
+		--image_size 64 --batch_size 32 --stage1_epochs 0 --stage2_epochs 14 \
+		--stage2_learning_rate 1e-3 --steps_per_loop 25 --weights none $(QUIET_TF)
 	@echo "==> 4/5 batch prediction over 8 synthetic DICOMs into $(DEMO_DIR)/predictions/"
-	@(echo image_uri; cd $(DEMO_DIR) && ls raw/rsna/stage_2_train_images/*.dcm | head -n 8) \
-		> $(DEMO_DIR)/predict_inputs.csv
+	@(echo image_uri; cd $(DEMO_DIR) && files=(raw/rsna/stage_2_train_images/*.dcm) && \
+		printf '%s\n' "$${files[@]:0:8}") > $(DEMO_DIR)/predict_inputs.csv
 	@$(PYTHON) -m beam_pipelines.predict --model_dir $(DEMO_DIR)/model/export \
 		--input_pattern $(DEMO_DIR)/predict_inputs.csv --output_path $(DEMO_DIR)/predictions/predictions $(QUIET_TF)
 	@cat $(DEMO_DIR)/predictions/predictions-00000-of-00001.csv

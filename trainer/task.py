@@ -8,6 +8,7 @@ when those are set. As in tensorflow/models official/, the flags are defined by
 nothing and touches no file.
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -141,6 +142,8 @@ def train_from_flags(flag_values: flags.FlagValues) -> None:
     """Chooses the strategy and trains; bad data or a diverging loss end the process with one message."""
     if not flag_values.job_dir:
         raise app.UsageError("--job_dir is required when AIP_MODEL_DIR is not set")
+    # TensorFlow's own INFO lines (SavedModel assets, fingerprints, sharding callbacks) bury the run's.
+    std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
     strategy = distribution.choose_strategy(flag_values.cpu_replicas)
     config = config_from_flags(flag_values)
     logging.info("%s with %d replica(s) in sync; %s", type(strategy).__name__,
