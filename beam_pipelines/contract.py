@@ -62,6 +62,9 @@ METADATA_IMAGE_SIZE: Final = "image_size"
 METADATA_CLASS_NAMES: Final = "class_names"
 METADATA_PREPROCESSING_VERSION: Final = "preprocessing_version"
 METADATA_TRAINING_CONFIG: Final = "training_config"
+# JSON of `trainer.operating_point.DecisionRule` (`null` for a model exported without one);
+# the signatures above already apply it to their outputs.
+METADATA_DECISION_RULE: Final = "decision_rule"
 # Version of the pixels a model sees: `imaging.preprocess_image` (file → uint8 square) and
 # `trainer.features.decode_image` (PNG → model input). Bump it when either changes, so a
 # model trained on older pixels can be told apart.

@@ -6,10 +6,14 @@ Signatures (batch prediction, tfx-bsl RunInference and cxr-predict depend on the
   predict_png(image_png: tf.string [None]) — 8-bit grayscale PNGs as written by
       `beam_pipelines.imaging.encode_png` at the training image size.
   metadata() — no inputs; the `serving.model_store.ModelContract`: image size, class names
-      in output order, preprocessing version and the training configuration (JSON).
+      in output order, preprocessing version, the training configuration and the decision
+      rule (JSON).
 The first two return {'probabilities': float32 [N, 3], 'class_id': int64 [N]}, the class ids
-indexing `contract.CLASS_NAMES`; both decode through `trainer.features.decode_image`. The
-SavedModel holds the model's weights only: no optimizer state.
+indexing `contract.CLASS_NAMES`; both decode through `trainer.features.decode_image`. With the
+contract's decision rule (`trainer.operating_point`, chosen on val), the probabilities are
+prior-corrected and the class ids follow the rule, exactly as val and test were scored;
+without one, they are the model's own probabilities and their argmax. The SavedModel holds
+the model's weights only: no optimizer state.
 """
 
 import keras
@@ -23,11 +27,15 @@ from trainer import features
 def export_saved_model(model: keras.Model, export_dir: str, model_contract: model_store.ModelContract) -> None:
     """Writes the SavedModel with the `serving_default`, `predict_png` and `metadata` signatures."""
     image_size = model_contract.image_size
+    rule = model_contract.decision_rule
 
     def predict(images: tf.Tensor) -> dict[str, tf.Tensor]:
         probabilities = tf.cast(model(images, training=False), tf.float32)
-        return {contract.PROBABILITIES_OUTPUT: probabilities,
-                contract.CLASS_ID_OUTPUT: tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
+        if rule is None:
+            return {contract.PROBABILITIES_OUTPUT: probabilities,
+                    contract.CLASS_ID_OUTPUT: tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
+        return {contract.PROBABILITIES_OUTPUT: rule.tf_adjusted_probabilities(probabilities),
+                contract.CLASS_ID_OUTPUT: rule.tf_class_ids(probabilities)}
 
     def from_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
         parsed = tf.io.parse_example(examples, {contract.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)})

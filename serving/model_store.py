@@ -2,8 +2,10 @@
 
 The trainer's SavedModel answers its `metadata` signature (`contract.SERVING_METADATA_SIGNATURE`,
 no inputs) with the image size, the class names in output order, the preprocessing
-version and the training configuration. Batch prediction and `cxr-predict` both load
-models here, so neither needs a flag that repeats a choice made at training time.
+version, the training configuration and the decision rule its signatures apply (chosen
+on val; `None` for models exported without one, which predict the argmax). Batch
+prediction and `cxr-predict` both load models here, so neither needs a flag that
+repeats a choice made at training time.
 Models exported before the contract existed load with `contract=None`; their callers
 fall back to an explicit `--image_size`.
 """
@@ -16,6 +18,7 @@ from typing import Any
 import tensorflow as tf
 
 from beam_pipelines import contract as data_contract
+from trainer.operating_point import DecisionRule
 
 EXPORT_DIR = "export"
 
@@ -32,6 +35,7 @@ class ModelContract:
     class_names: tuple[str, ...]
     preprocessing_version: int
     training_config: dict[str, Any]
+    decision_rule: DecisionRule | None = None  # None: the argmax of the model's raw probabilities.
 
     def as_tensors(self) -> dict[str, tf.Tensor]:
         """The `metadata` signature's outputs."""
@@ -40,15 +44,21 @@ class ModelContract:
             data_contract.METADATA_CLASS_NAMES: tf.constant(list(self.class_names), tf.string),
             data_contract.METADATA_PREPROCESSING_VERSION: tf.constant(self.preprocessing_version, tf.int64),
             data_contract.METADATA_TRAINING_CONFIG: tf.constant(json.dumps(self.training_config, sort_keys=True)),
+            data_contract.METADATA_DECISION_RULE: tf.constant(
+                json.dumps(self.decision_rule.to_json() if self.decision_rule else None)),
         }
 
     @classmethod
     def from_tensors(cls, outputs: dict[str, tf.Tensor]) -> "ModelContract":
+        """Raises ValueError when the decision rule is for other classes."""
+        rule = outputs.get(data_contract.METADATA_DECISION_RULE)  # Absent from exports older than rules.
+        rule = None if rule is None else json.loads(rule.numpy().decode("utf-8"))
         return cls(
             image_size=int(outputs[data_contract.METADATA_IMAGE_SIZE]),
             class_names=tuple(name.decode("utf-8") for name in outputs[data_contract.METADATA_CLASS_NAMES].numpy()),
             preprocessing_version=int(outputs[data_contract.METADATA_PREPROCESSING_VERSION]),
             training_config=json.loads(outputs[data_contract.METADATA_TRAINING_CONFIG].numpy().decode("utf-8")),
+            decision_rule=None if rule is None else DecisionRule.from_json(rule),
         )
 
 
@@ -82,7 +92,10 @@ def load(model_dir: str) -> LoadedModel:
     signatures = dict(module.signatures)
     model_contract = None
     if data_contract.SERVING_METADATA_SIGNATURE in signatures:
-        model_contract = ModelContract.from_tensors(signatures[data_contract.SERVING_METADATA_SIGNATURE]())
+        try:
+            model_contract = ModelContract.from_tensors(signatures[data_contract.SERVING_METADATA_SIGNATURE]())
+        except ValueError as error:
+            raise ModelStoreError(f"the model in {export_dir} has an unusable decision rule: {error}") from error
         if problem := contract_problem(model_contract):
             raise ModelStoreError(f"the model in {export_dir} {problem}")
     return LoadedModel(export_dir, signatures, model_contract, module)

@@ -24,7 +24,7 @@ from beam_pipelines import contract, imaging, preprocess, sources, splitting
 from beam_pipelines.synthesize import dicom_writer, phantom
 from serving import batch_predict as predict
 from serving import export, gradcam, model_store, study
-from trainer import features
+from trainer import features, operating_point
 from trainer import model as model_lib
 
 IMAGE_SIZE = 64
@@ -163,6 +163,40 @@ def test_a_model_of_another_contract_is_refused(changes, message, tmp_path):
 
     with pytest.raises(model_store.ModelStoreError, match=re.escape(message)):
         model_store.load(str(tmp_path))
+
+
+def test_an_export_serves_the_classes_of_its_decision_rule_and_records_it(tmp_path):
+    """The rule chosen on val is the rule served: same class ids, same prior-corrected probabilities."""
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    head = keras.layers.Dense(contract.NUM_CLASSES, activation="softmax")
+    tiny = keras.Model(inputs, head(pooled))
+    # The blue channel's mean (about -104 to 151 after ResNet50's preprocessing) moves normal to covid19.
+    head.set_weights([np.array([[-0.02, 0.0, 0.02], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]),
+                      np.zeros(contract.NUM_CLASSES)])
+    pngs = [imaging.encode_png(np.full((IMAGE_SIZE, IMAGE_SIZE), level, np.uint8))
+            for level in np.linspace(0, 255, 30).astype(np.uint8)]
+    raw = tiny(features.decode_images(tf.constant(pngs), IMAGE_SIZE)).numpy()
+    labels = np.arange(len(pngs)) % contract.NUM_CLASSES
+    rule = operating_point.choose_decision_rule(
+        operating_point.parse_decision_rule("target:covid19:sensitivity:0.8"), labels, raw, (10, 10, 80))
+    expected = rule.apply(raw)
+    assert rule.threshold is not None and not np.array_equal(expected, np.argmax(raw, axis=1))
+    assert len(set(expected.tolist())) > 1
+
+    export.export_saved_model(tiny, str(tmp_path), model_contract(decision_rule=rule))
+    loaded = model_store.load(str(tmp_path))
+
+    assert loaded.contract == model_contract(decision_rule=rule)
+    served = {
+        "examples": loaded.signatures[contract.SERVING_EXAMPLES_SIGNATURE](
+            **{contract.EXAMPLES_INPUT: tf.constant([predict.serving_example(png) for png in pngs])}),
+        "pngs": loaded.signatures[contract.SERVING_PNG_SIGNATURE](**{contract.PNG_INPUT: tf.constant(pngs)}),
+    }
+    for name, outputs in served.items():
+        np.testing.assert_array_equal(outputs[contract.CLASS_ID_OUTPUT], expected, err_msg=name)
+        np.testing.assert_allclose(outputs[contract.PROBABILITIES_OUTPUT], rule.adjusted(raw), atol=1e-5,
+                                   err_msg=name)
 
 
 # Batch prediction -----------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import tensorflow as tf
 from beam_pipelines import contract
 from beam_pipelines.synthesize import records as synthetic_records
 from serving import model_store
-from trainer import evaluation, features, input_pipeline, preemption
+from trainer import evaluation, features, input_pipeline, operating_point, preemption
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = 32
@@ -174,6 +174,8 @@ def test_a_chief_and_a_worker_train_both_stages_and_export_a_model_that_serves(d
     assert loaded.contract.class_names == contract.CLASS_NAMES
     assert loaded.contract.preprocessing_version == contract.PREPROCESSING_VERSION
     assert loaded.contract.training_config == run
+    with open(os.path.join(job_dir, "eval", evaluation.DECISION_RULE_FILE)) as handle:  # Chosen on val.
+        assert loaded.contract.decision_rule == operating_point.DecisionRule.from_json(json.load(handle))
     test_split = input_pipeline.inspect_data(data_dir, IMAGE_SIZE)["test"]
     serialized = [record.numpy() for record in tf.data.TFRecordDataset(test_split.shards, "GZIP").take(5)]
     pngs = [tf.train.Example.FromString(record).features.feature[contract.IMAGE_ENCODED].bytes_list.value[0]
@@ -193,7 +195,8 @@ def test_a_chief_and_a_worker_train_both_stages_and_export_a_model_that_serves(d
             assert "optimizer" not in stored
     trained = keras.models.load_model(os.path.join(job_dir, "model.keras"))
     direct = trained(features.decode_images(tf.constant(pngs), IMAGE_SIZE), training=False)
-    np.testing.assert_allclose(direct, from_examples[contract.PROBABILITIES_OUTPUT], atol=1e-5)
+    np.testing.assert_allclose(loaded.contract.decision_rule.adjusted(direct.numpy()),
+                               from_examples[contract.PROBABILITIES_OUTPUT], atol=1e-5)
 
 
 def test_a_worker_killed_in_stage_2_resumes_with_the_chief_after_a_relaunch(data_dir, tmp_path):

@@ -4,12 +4,16 @@ Each test defines the flags into a fresh FlagValues, as `python -m trainer.task`
 into the global one: importing `trainer.task` registers nothing.
 """
 
+import glob
 import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 from absl import flags
 
+from beam_pipelines import contract
+from beam_pipelines.synthesize import records as synthetic_records
 from trainer import task
 
 
@@ -85,10 +89,42 @@ def test_the_old_boolean_mixed_precision_flag_still_parses(legacy, precision, lo
 @pytest.mark.parametrize("argument", ["--class_weight=inverse", "--image_size=16", "--batch_size=0",
                                       "--stage2_learning_rate=0", "--cpu_replicas=0", "--stage1_epochs=-1",
                                       "--weights=/no/such/weights.h5", "--mixed_precision=float8",
-                                      "--steps_per_loop=0", "--keep_checkpoints=0", "--cache=disk"])
+                                      "--steps_per_loop=0", "--keep_checkpoints=0", "--cache=disk",
+                                      "--decision_rule=target:covid19:recall:0.95"])
 def test_invalid_flag_values_are_refused(argument):
     with pytest.raises(flags.IllegalFlagValueError):
         parse("--data_dir=records", "--job_dir=job", argument)
+
+
+def test_decision_rule_defaults_to_argmax_and_takes_a_target(local):
+    assert task.config_from_flags(parse("--data_dir=records", "--job_dir=job")).decision_rule == "argmax"
+    config = task.config_from_flags(parse("--data_dir=records", "--job_dir=job",
+                                          "--decision_rule=target:covid19:sensitivity:0.95"))
+    assert config.decision_rule == "target:covid19:sensitivity:0.95"
+
+
+def test_a_malformed_decision_rule_is_refused_with_its_usage():
+    with pytest.raises(flags.IllegalFlagValueError,
+                       match=r"--decision_rule must be argmax or target:<class>:<sensitivity\|specificity>"):
+        parse("--data_dir=records", "--job_dir=job", "--decision_rule=target:flu:sensitivity:0.95")
+
+
+def test_a_decision_rule_val_cannot_set_ends_the_job_before_a_model_is_built(tmp_path, local):
+    data_dir = synthetic_records.write_dataset(str(tmp_path / "records"), 32, {"train": 2, "val": 2, "test": 1})
+    (val_shard,) = glob.glob(f"{data_dir}/{contract.shard_pattern('val')}")
+    without_covid19 = [record for record in tf.data.TFRecordDataset(val_shard, "GZIP").as_numpy_iterator()
+                       if tf.train.Example.FromString(record).features.feature[contract.LABEL].int64_list.value[0]
+                       != contract.CLASS_IDS["covid19"]]
+    with tf.io.TFRecordWriter(val_shard, options=contract.TFRECORD_COMPRESSION) as writer:
+        for record in without_covid19:
+            writer.write(record)
+    flag_values = parse(f"--data_dir={data_dir}", f"--job_dir={tmp_path / 'job'}", "--weights=none",
+                        "--image_size=32", "--batch_size=2", "--decision_rule=target:covid19:sensitivity:0.95")
+
+    with pytest.raises(SystemExit, match=r"^trainer: --decision_rule target:covid19:sensitivity:0.95: "
+                                         "val has no covid19 examples to set the threshold on"):
+        task.train_from_flags(flag_values)
+    assert not (tmp_path / "job").exists()
 
 
 def test_a_run_needs_epochs_in_some_stage():

@@ -16,7 +16,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from beam_pipelines import contract
-from trainer import distribution, input_pipeline, optimization, train
+from trainer import distribution, input_pipeline, operating_point, optimization, train
 
 CLOUD_ENVIRONMENT = ("CLOUD_ML_JOB_ID", "AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR", "AIP_TENSORBOARD_LOG_DIR")
 # --mixed_precision was a boolean flag before it took a precision; its old spellings still work.
@@ -74,6 +74,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       "first pass: memory, none, or auto (when train, then val, fit in --cache_budget_gb).", **values)
     flags.DEFINE_float("cache_budget_gb", 4.0, "Memory --cache auto may fill with decoded uint8 images, per worker.",
                        lower_bound=0.0, **values)
+    flags.DEFINE_string("decision_rule", operating_point.ARGMAX, "How a class is predicted, chosen on val and "
+                        "exported with the model: argmax (after correcting the train class mix to val's), or "
+                        "target:<class>:<sensitivity|specificity>:<value>, e.g. target:covid19:sensitivity:0.95 "
+                        "(a threshold on that class set on val to reach the target there).", **values)
     flags.DEFINE_integer("seed", 42, "Seed for weights initialisation and input shuffling.", **values)
     flags.mark_flag_as_required("data_dir", flag_values=flag_values)
     for learning_rate in ("stage1_learning_rate", "stage2_learning_rate"):
@@ -85,9 +89,18 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.register_validator(
         "mixed_precision", lambda value: value is None or value in optimization.PRECISIONS,
         message=f"must be one of {', '.join(optimization.PRECISIONS)}", flag_values=flag_values)
+    flags.register_validator("decision_rule", _check_decision_rule_syntax, flag_values=flag_values)
     flags.register_multi_flags_validator(
         ["stage1_epochs", "stage2_epochs"], lambda values: values["stage1_epochs"] + values["stage2_epochs"] > 0,
         message="at least one stage needs epochs", flag_values=flag_values)
+
+
+def _check_decision_rule_syntax(text: str) -> bool:
+    try:
+        operating_point.parse_decision_rule(text)
+    except ValueError as error:
+        raise flags.ValidationError(str(error)) from error
+    return True
 
 
 def translate_legacy_arguments(argv: list[str]) -> list[str]:
@@ -128,6 +141,7 @@ def config_from_flags(flag_values: flags.FlagValues) -> train.TrainConfig:
         keep_checkpoints=flag_values.keep_checkpoints,
         cache=flag_values.cache,
         cache_budget_gb=flag_values.cache_budget_gb,
+        decision_rule=flag_values.decision_rule,
         seed=flag_values.seed,
     )
 

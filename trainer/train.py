@@ -25,7 +25,8 @@ originals (the same numbers everywhere, so no worker waits for another's decisio
 chief keeps the weights of the best epoch by val macro ROC-AUC, and all save a training
 checkpoint (see `trainer.checkpoints`). A job started again with the same flags resumes
 from the latest checkpoint at its stage and step. After training, the chief loads the
-best epoch's weights, evaluates val and test, and exports; test never chooses anything.
+best epoch's weights, fits the decision rule (`--decision_rule`, `trainer.operating_point`)
+on val, evaluates val and test under it, and exports the model with it; test never chooses anything.
 """
 
 import dataclasses
@@ -42,7 +43,7 @@ from absl import logging
 
 from beam_pipelines import contract
 from serving import export, model_store
-from trainer import checkpoints, distribution, evaluation, input_pipeline, optimization, preemption
+from trainer import checkpoints, distribution, evaluation, input_pipeline, operating_point, optimization, preemption
 from trainer import model as model_lib
 
 CONFIG_FILE = "config.json"
@@ -74,6 +75,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     cache: str = "auto"
     cache_budget_gb: float = 4.0
+    decision_rule: str = operating_point.ARGMAX  # See operating_point.parse_decision_rule.
     seed: int = 42
 
 
@@ -249,7 +251,8 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy) -> dict[str, dict
     Returns the val and test metrics on the chief, {} on other workers.
 
     Raises:
-      input_pipeline.DataError: the data dir cannot feed training (before any training).
+      input_pipeline.DataError: the data dir cannot feed training, or its val split cannot set
+        `config.decision_rule` (before any training).
       TrainingDivergedError: the loss became NaN or infinite.
       preemption.Terminated: SIGTERM stopped training after a checkpoint.
     """
@@ -257,6 +260,7 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy) -> dict[str, dict
     for split in data.values():
         logging.info("%s: %d examples %s in %d shard(s)", split.name, split.num_examples,
                      dict(zip(contract.CLASS_NAMES, split.class_counts)), len(split.shards))
+    decision_spec = _decision_spec(config.decision_rule, data["val"])
     settings = _loop_settings(config, data["train"], strategy.num_replicas_in_sync)
     keras.utils.set_random_seed(config.seed)
     optimization.set_precision(config.mixed_precision)
@@ -299,7 +303,7 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy) -> dict[str, dict
     logging.info("evaluating the weights of epoch %d, the best on val (macro ROC-AUC %.4f): %s",
                  int(state.best_epoch), float(state.best_score), best)
     metrics = _evaluate_and_export(model, data, val_data, config.image_size, settings.global_batch_size, paths,
-                                   run_description)
+                                   run_description, decision_spec)
     distribution.AnyWorker(strategy)(False)
     return metrics
 
@@ -329,6 +333,16 @@ def validation_metrics(model: keras.Model, val_data: tf.data.Dataset) -> dict[st
     true_class = predictions.probabilities[np.arange(len(predictions.labels)), predictions.labels]
     return {"val_loss": float(-np.mean(np.log(np.clip(true_class, keras.config.epsilon(), 1.0)))),
             "val_accuracy": metrics["accuracy"], "val_roc_auc": metrics["macro"]["roc_auc"]}
+
+
+def _decision_spec(text: str, val: input_pipeline.SplitData) -> operating_point.DecisionSpec:
+    """The parsed `--decision_rule`, once val is known to hold what setting it needs."""
+    try:
+        spec = operating_point.parse_decision_rule(text)
+        operating_point.check_decision_rule(spec, val.class_counts)
+    except ValueError as error:
+        raise input_pipeline.DataError(str(error)) from error
+    return spec
 
 
 def _resume_counters_and_weights(latest: str, model: keras.Model, state: checkpoints.TrainingState,
@@ -508,16 +522,19 @@ def _write_json_atomically(path: str, content: dict) -> None:
 
 
 def _evaluate_and_export(model: keras.Model, data: dict[str, input_pipeline.SplitData], val_data: tf.data.Dataset,
-                         image_size: int, batch_size: int, paths: OutputPaths,
-                         run_description: dict) -> dict[str, dict]:
+                         image_size: int, batch_size: int, paths: OutputPaths, run_description: dict,
+                         decision_spec: operating_point.DecisionSpec) -> dict[str, dict]:
+    """Fits the decision rule on val, applies it to val and test, and exports the model with it."""
     results = evaluation.predict(model, {"val": val_data,
                                          "test": input_pipeline.eval_dataset(data["test"], image_size, batch_size)})
-    metrics = evaluation.write_report(paths.eval_dir, results)
+    rule = operating_point.choose_decision_rule(decision_spec, results["val"].labels, results["val"].probabilities,
+                                                data["train"].class_counts)
+    metrics = evaluation.write_report(paths.eval_dir, results, rule)
     print(f"\nEvaluation on original images (image/augmentation == 0), {paths.eval_dir}:\n"
           f"{evaluation.format_table(metrics)}\n", flush=True)
     export.export_saved_model(model, paths.export_dir, model_store.ModelContract(
         image_size=image_size, class_names=contract.CLASS_NAMES,
-        preprocessing_version=contract.PREPROCESSING_VERSION, training_config=run_description))
+        preprocessing_version=contract.PREPROCESSING_VERSION, training_config=run_description, decision_rule=rule))
     model.save(paths.keras_file)  # Never compiled, so it carries no optimizer state.
     logging.info("wrote %s, %s, %s", paths.export_dir, paths.keras_file, paths.history_file)
     return metrics
