@@ -157,7 +157,7 @@ def train_from_flags(flag_values: flags.FlagValues) -> None:
     if not flag_values.job_dir:
         raise app.UsageError("--job_dir is required when AIP_MODEL_DIR is not set")
     # TensorFlow's own INFO lines (SavedModel assets, fingerprints, sharding callbacks) bury the run's.
-    std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
+    tf.get_logger().setLevel(std_logging.WARNING)
     strategy = distribution.choose_strategy(flag_values.cpu_replicas)
     config = config_from_flags(flag_values)
     logging.info("%s with %d replica(s) in sync; %s", type(strategy).__name__,
