@@ -5,11 +5,17 @@ as subprocesses. ResNet50 starts from random weights (`none`): nothing is downlo
 """
 
 import os
+import uuid
 
+import numpy as np
 import pytest
+import tensorflow as tf
+from absl import flags
 
+from beam_pipelines import contract, imaging
 from beam_pipelines.synthesize import records as synthetic_records
-from trainer import distribution, train
+from serving import model_store
+from trainer import distribution, task, train
 
 IMAGE_SIZE = 32
 
@@ -34,3 +40,26 @@ def test_a_diverging_loss_stops_the_run_at_the_loop_boundary_with_a_clear_error(
     assert not os.path.exists(f"{job_dir}/checkpoints")
     assert not os.path.exists(f"{job_dir}/export")
     assert os.path.exists(f"{job_dir}/config.json")  # Written first, as the record of what was tried.
+
+
+def test_every_trainer_output_goes_through_tensorflows_filesystem_api(data_dir):
+    """A job dir on TensorFlow's in-memory filesystem (ram://) receives every output, and the model
+    serves from there: the trainer reaches gs:// the same way, through tf.io.gfile, which a local
+    storage emulator cannot stand in for (docs/cloud.md)."""
+    job_dir = f"ram://job-{uuid.uuid4().hex}"
+    values = flags.FlagValues()
+    task.define_flags(values)
+    values(["trainer", f"--data_dir={data_dir}", f"--job_dir={job_dir}", f"--image_size={IMAGE_SIZE}",
+            "--batch_size=4", "--stage1_epochs=0", "--stage2_epochs=1", "--steps_per_epoch=2", "--steps_per_loop=2",
+            "--weights=none"])
+
+    task.train_from_flags(values)
+
+    assert {"checkpoints", "config.json", "eval", "export", "history.json", "logs", "model.keras"} <= set(
+        tf.io.gfile.listdir(job_dir))
+    assert tf.io.gfile.exists(f"{job_dir}/eval/metrics.json")
+    served = model_store.load(job_dir)
+    assert served.contract.image_size == IMAGE_SIZE
+    blank = imaging.encode_png(np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8))
+    outputs = served.signatures[contract.SERVING_PNG_SIGNATURE](**{contract.PNG_INPUT: tf.constant([blank])})
+    assert outputs[contract.PROBABILITIES_OUTPUT].shape == (1, contract.NUM_CLASSES)
