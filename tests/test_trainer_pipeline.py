@@ -117,6 +117,13 @@ def test_train_dataset_is_endless_shuffled_full_batches(data_dir, cache):
     assert sorted(images[:48]) == sorted(images[48:]) and images[:48] != images[48:]  # ... in a new order.
 
 
+def test_the_training_pipeline_starts_no_autotuning_thread(data_dir):
+    """A MultiDeviceIterator does not stop that thread when deleted: the process would wait for it."""
+    split = input_pipeline.inspect_data(data_dir, IMAGE_SIZE)["train"]
+
+    assert not input_pipeline.train_dataset(split, IMAGE_SIZE, 8, seed=1).options().autotune.enabled
+
+
 def test_cached_and_streamed_images_are_the_same_tensors(data_dir):
     split = input_pipeline.inspect_data(data_dir, IMAGE_SIZE)["train"]
     batches = split.num_examples // 8

@@ -196,7 +196,14 @@ def train_dataset(split: SplitData, image_size: int, batch_size: int, seed: int,
     dataset = batches.map(lambda images, labels: (features.model_input(images), features.one_hot_label(labels)),
                           num_parallel_calls=tf.data.AUTOTUNE)
     # Order within a pass is already random: parallel maps may hand on whichever element is ready.
-    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(deterministic=False))
+    options = _options(deterministic=False)
+    # strategy.distribute_datasets_from_function wraps this pipeline in a MultiDeviceIterator, which
+    # does not cancel tf.data's autotuning thread when it is deleted: in TF 2.21 deleting it (and so
+    # ending the process, or stopping for SIGTERM) then waits for that thread's next wake-up, up to a
+    # minute. Without autotuning, AUTOTUNE parallelism means every core and prefetch buffers still
+    # grow as needed; the throughput is the same on this pipeline.
+    options.autotune.enabled = False
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def _augmented(batches: tf.data.Dataset, seed: int) -> tf.data.Dataset:
