@@ -152,7 +152,7 @@ def test_walkthrough_writes_every_output_to_the_bucket(walkthrough, gcs):
     assert {"saved_model.pb", "variables/variables.index"} <= set(storage.list_files(walkthrough["export"]))
     predictions = batch_predict.single_file_name(walkthrough["predictions"], ".csv")
     rows = list(csv.DictReader(io.StringIO(storage.read_bytes(predictions).decode("utf-8"))))
-    assert len(rows) == 24 and all(row["uri"].startswith(f"{gcs}/raw/rsna/") for row in rows)
+    assert len(rows) == 48 and all(row["uri"].startswith(f"{gcs}/raw/rsna/") for row in rows)
     leftovers = [path for path in storage.list_files(gcs)
                  if f"/{storage.TEMPORARY_PREFIX}" in f"/{path}" or "beam-temp-" in path]
     assert not leftovers, f"temporary files left in the bucket: {leftovers}"
@@ -201,7 +201,7 @@ def test_predictions_on_the_bucket_match_a_local_run(walkthrough, local_raw, gcs
         batch_predict.single_file_name(walkthrough["predictions"], ".csv")).decode("utf-8"))
     with open(batch_predict.single_file_name(output_path, ".csv")) as handle:
         local = rows_by_file(handle.read())
-    assert sorted(on_gs) == sorted(local) and len(local) == 24
+    assert sorted(on_gs) == sorted(local) and len(local) == 48
     columns = [f"p_{name}" for name in contract.CLASS_NAMES]
     for name, row in on_gs.items():
         assert row["predicted_class"] == local[name]["predicted_class"], name
