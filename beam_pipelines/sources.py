@@ -274,14 +274,10 @@ class ParseRsnaLabelsFn(_LabelParserFn):
         columns = labels.column_index()
         patients = {}  # patient id → (first line, Target values), in file order
         for row in labels.rows:
-            if rejection := self._wrong_field_count(RSNA_LABELS_FILE, row, labels):
+            if rejection := self._rsna_row_rejection(RSNA_LABELS_FILE, row, labels, columns):
                 yield rejection
                 continue
             patient_id = row.values[columns["patientId"]]
-            if is_missing_patient_id(patient_id):
-                yield self._reject(RSNA_LABELS_FILE, row.line, "label", "missing_patient_id",
-                                   "patientId is empty or a placeholder (nan, null, none)")
-                continue
             patients.setdefault(patient_id, (row.line, set()))[1].add(row.values[columns["Target"]])
         for patient_id, (line, targets) in patients.items():
             image_key = posixpath.join(RSNA_IMAGES_DIR, f"{patient_id}.dcm")
@@ -297,15 +293,20 @@ class ParseRsnaLabelsFn(_LabelParserFn):
         """Fills patient id → detailed classes; malformed rows are rejected with their line."""
         columns = class_info.column_index()
         for row in class_info.rows:
-            if rejection := self._wrong_field_count(RSNA_CLASS_INFO_FILE, row, class_info):
+            if rejection := self._rsna_row_rejection(RSNA_CLASS_INFO_FILE, row, class_info, columns):
                 yield rejection
                 continue
-            patient_id = row.values[columns["patientId"]]
-            if is_missing_patient_id(patient_id):
-                yield self._reject(RSNA_CLASS_INFO_FILE, row.line, "label", "missing_patient_id",
-                                   "patientId is empty or a placeholder (nan, null, none)")
-                continue
-            detailed[patient_id].add(row.values[columns["class"]])
+            detailed[row.values[columns["patientId"]]].add(row.values[columns["class"]])
+
+    def _rsna_row_rejection(self, listing: str, row: LabelRow, table: LabelFile,
+                            columns: dict[str, int]) -> beam.pvalue.TaggedOutput | None:
+        """The rejection of a row of either RSNA file without all its fields or a usable patientId."""
+        if rejection := self._wrong_field_count(listing, row, table):
+            return rejection
+        if is_missing_patient_id(row.values[columns["patientId"]]):
+            return self._reject(listing, row.line, "label", "missing_patient_id",
+                                "patientId is empty or a placeholder (nan, null, none)")
+        return None
 
     def _classify(self, targets: set[str], detailed_classes: set[str] | None) -> str | tuple[str, str, str]:
         """The class name, or (stage, kind, reason) for a patient that is not used.
