@@ -41,9 +41,10 @@ demo: install
 		--output_dir $(DEMO_DIR)/tfrecords --image_size 64 --augment auto --split 0.6,0.2,0.2 \
 		--patient_key_file $(DEMO_DIR)/patient_key $(LOCAL_BEAM) $(QUIET_TF)
 	@echo "==> 3/5 train ResNet50 from random weights on the CPU into $(DEMO_DIR)/model/ (a few minutes)"
-	@# A random backbone has nothing to freeze: one whole-network stage (stage 1 skipped).
+	@# A random backbone has nothing to freeze: one whole-network stage (stage 1 skipped), 570 steps.
+	@# --weights none also turns on the auxiliary classifier and the head's lower rate (trainer/model.py).
 	@$(PYTHON) -m trainer.task --data_dir $(DEMO_DIR)/tfrecords --job_dir $(DEMO_DIR)/model \
-		--image_size 64 --batch_size 32 --stage1_epochs 0 --stage2_epochs 14 \
+		--image_size 64 --batch_size 32 --stage1_epochs 0 --stage2_epochs 30 \
 		--stage2_learning_rate 1e-3 --steps_per_loop 25 --weights none $(QUIET_TF)
 	@echo "==> 4/5 batch prediction over 8 synthetic DICOMs into $(DEMO_DIR)/predictions/"
 	@(echo image_uri; cd $(DEMO_DIR) && files=(raw/rsna/stage_2_train_images/*.dcm) && \

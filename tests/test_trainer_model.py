@@ -72,3 +72,25 @@ def test_set_stage_rejects_an_unknown_stage(network):
 def test_a_random_base_tracks_batch_statistics_fast_enough_for_short_runs(network):
     momenta = {layer.momentum for layer in layers_of(network, "batch_norm")}
     assert momenta == {model_lib.FROM_SCRATCH_BN_MOMENTUM} and model_lib.FROM_SCRATCH_BN_MOMENTUM < 0.99
+
+
+def test_the_training_model_adds_an_auxiliary_classifier_that_the_served_model_lacks(network):
+    training_model = model_lib.build_training_model(network)
+    images = np.random.default_rng(2).uniform(-100, 100, (3, IMAGE_SIZE, IMAGE_SIZE, features.CHANNELS))
+
+    probabilities, auxiliary = training_model(images.astype(np.float32), training=False)
+
+    np.testing.assert_allclose(probabilities, network(images.astype(np.float32), training=False), rtol=1e-5)
+    assert auxiliary.shape == (3, contract.NUM_CLASSES)
+    np.testing.assert_allclose(np.sum(auxiliary, axis=1), 1.0, rtol=1e-5)
+    new_layers = {layer.name for layer in training_model.layers} - {layer.name for layer in network.layers}
+    assert new_layers == {model_lib.AUXILIARY_LAYER}
+
+
+def test_head_variables_are_the_seed_heads_only(network):
+    training_model = model_lib.build_training_model(network)
+    head = {variable.path for variable in training_model.weights if model_lib.is_head_variable(variable)}
+
+    assert head == {f"{layer.name}/{kind}" for layer in layers_of(network, "head") if layer.weights
+                    for kind in ("kernel", "bias")}
+    assert not any(path.startswith(model_lib.AUXILIARY_LAYER) for path in head)

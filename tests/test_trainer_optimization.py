@@ -51,3 +51,17 @@ def test_precision_sets_the_keras_policy_and_loss_scaling(precision, policy, los
 def test_an_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="mixed_precision must be one of none, float16, bfloat16"):
         optimization.set_precision("float8")
+
+
+def test_scaled_adam_moves_each_variable_at_its_own_fraction_of_the_rate():
+    full, tenth = keras.Variable(np.zeros(4, np.float32), name="base"), keras.Variable(np.zeros(4, np.float32),
+                                                                                       name="head")
+    optimizer = optimization.build_optimizer(optimization.learning_rate_schedule(1e-2, 32, 0), "none",
+                                             [full, tenth], lambda variable: 0.1 if variable is tenth else 1.0)
+    gradient = np.ones(4, np.float32)
+
+    optimizer.apply([gradient, gradient], [full, tenth])
+
+    # Adam's first step moves every coordinate by the rate (the gradient's sign times lr).
+    np.testing.assert_allclose(full.numpy(), -1e-2, rtol=1e-3)
+    np.testing.assert_allclose(tenth.numpy(), -1e-3, rtol=1e-3)

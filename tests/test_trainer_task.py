@@ -5,16 +5,19 @@ into the global one: importing `trainer.task` registers nothing.
 """
 
 import glob
+import logging as std_logging
+import os
 import subprocess
 import sys
 
 import pytest
 import tensorflow as tf
 from absl import flags
+from absl import logging as absl_logging
 
 from beam_pipelines import contract
 from beam_pipelines.synthesize import records as synthetic_records
-from trainer import task
+from trainer import model, task, train
 
 
 def parse(*arguments: str) -> flags.FlagValues:
@@ -64,6 +67,36 @@ def test_defaults_without_a_gpu(local):
     assert (config.mixed_precision, config.jit_compile) == ("none", False)  # This machine has no GPU.
 
 
+@pytest.mark.parametrize("weights, auxiliary, head_scale", [
+    ("none", model.FROM_SCRATCH_AUXILIARY_LOSS_WEIGHT, model.FROM_SCRATCH_HEAD_LEARNING_RATE_SCALE),
+    ("imagenet", 0.0, 1.0),
+])
+def test_a_random_base_gets_the_auxiliary_loss_and_a_slower_head_by_default(weights, auxiliary, head_scale, local):
+    config = task.config_from_flags(parse("--data_dir=records", "--job_dir=job", f"--weights={weights}"))
+
+    assert (config.auxiliary_loss_weight, config.head_learning_rate_scale) == (auxiliary, head_scale)
+
+
+def test_explicit_auxiliary_and_head_settings_override_the_defaults(local):
+    config = task.config_from_flags(parse("--data_dir=records", "--job_dir=job", "--weights=none",
+                                          "--auxiliary_loss_weight=0", "--head_learning_rate_scale=1"))
+
+    assert (config.auxiliary_loss_weight, config.head_learning_rate_scale) == (0.0, 1.0)
+
+
+def test_tensorflow_info_lines_are_dropped_and_the_trainers_kept():
+    task._quiet_tensorflow_info()
+    absl_logger = absl_logging.get_absl_logger()
+
+    def passes(level: int, pathname: str) -> bool:
+        return bool(absl_logger.filter(absl_logger.makeRecord("absl", level, pathname, 1, "message", (), None)))
+
+    saver = os.path.join(task.TENSORFLOW_DIR, "python", "checkpoint", "functional_saver.py")
+    assert not passes(std_logging.INFO, saver)
+    assert passes(std_logging.WARNING, saver)
+    assert passes(std_logging.INFO, train.__file__)
+
+
 def test_vertex_ai_directories(monkeypatch):
     monkeypatch.setenv("CLOUD_ML_JOB_ID", "123")
     monkeypatch.setenv("AIP_CHECKPOINT_DIR", "gs://bucket/checkpoints")
@@ -90,6 +123,7 @@ def test_the_old_boolean_mixed_precision_flag_still_parses(legacy, precision, lo
                                       "--stage2_learning_rate=0", "--cpu_replicas=0", "--stage1_epochs=-1",
                                       "--weights=/no/such/weights.h5", "--mixed_precision=float8",
                                       "--steps_per_loop=0", "--keep_checkpoints=0", "--cache=disk",
+                                      "--auxiliary_loss_weight=-1", "--head_learning_rate_scale=0",
                                       "--decision_rule=target:covid19:recall:0.95"])
 def test_invalid_flag_values_are_refused(argument):
     with pytest.raises(flags.IllegalFlagValueError):

@@ -11,6 +11,20 @@ so fine-tuning on small batches cannot wreck the statistics learnt on ImageNet. 
 randomly initialised base has no statistics to keep (mean 0, variance 1 make the layer
 an identity, and 50 unnormalised layers feed the head noise), so its BatchNormalization
 trains in both stages: it normalises with batch statistics and learns moving ones.
+
+A random base also needs help to start learning through the seed head. The head's three
+ReLU layers are the only unnormalised ones in the network, and they read 2048 pooled
+features that are all positive: every Adam step moves a unit's input by up to the
+learning rate × the features' sum, more than its whole spread, so before the base
+carries any signal the noise of the first steps pushes the units below zero for every
+image, where they stay (measured on the demo: 14% of the first layer's units silent at
+the start, 96% after 150 steps, and the loss stuck at ln 3). Two measures keep it alive:
+an auxiliary linear classifier on the pooled features adds its loss during training
+(deep supervision, as GoogLeNet's auxiliary classifiers; `build_training_model`), so
+the base learns the classes through a path without ReLUs, and the head learns at a
+tenth of the base's rate (`FROM_SCRATCH_HEAD_LEARNING_RATE_SCALE`). The auxiliary
+classifier is not part of the served model. A pretrained base needs neither: its
+features carry signal from the first step.
 """
 
 import os
@@ -32,6 +46,10 @@ HEAD_DROPOUT_RATES = (0.5, 0.3, 0.2)
 # uses catch up with a randomly initialised network's; short runs would then evaluate
 # on statistics far from the ones they trained with.
 FROM_SCRATCH_BN_MOMENTUM = 0.9
+POOLED_FEATURES_LAYER = f"{HEAD_PREFIX}global_average_pool"
+AUXILIARY_LAYER = "auxiliary_probabilities"
+FROM_SCRATCH_AUXILIARY_LOSS_WEIGHT = 1.0
+FROM_SCRATCH_HEAD_LEARNING_RATE_SCALE = 0.1
 
 
 def resolve_weights(weights: str) -> str | None:
@@ -66,7 +84,7 @@ def build_model(image_size: int, weights: str | None) -> keras.Model:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = FROM_SCRATCH_BN_MOMENTUM
     x = keras.layers.MaxPooling2D(HEAD_POOL_SIZE, padding="same", name=f"{HEAD_PREFIX}max_pool")(base.output)
-    x = keras.layers.GlobalAveragePooling2D(name=f"{HEAD_PREFIX}global_average_pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name=POOLED_FEATURES_LAYER)(x)
     for index, (units, rate) in enumerate(zip(HEAD_UNITS, HEAD_DROPOUT_RATES), start=1):
         x = keras.layers.Dense(units, activation="relu", name=f"{HEAD_PREFIX}dense_{index}")(x)
         x = keras.layers.Dropout(rate, name=f"{HEAD_PREFIX}dropout_{index}")(x)
@@ -74,6 +92,24 @@ def build_model(image_size: int, weights: str | None) -> keras.Model:
     outputs = keras.layers.Dense(contract.NUM_CLASSES, activation="softmax", dtype="float32",
                                  name=f"{HEAD_PREFIX}probabilities")(x)
     return keras.Model(inputs, outputs, name="resnet50_cxr")
+
+
+def build_training_model(model: keras.Model) -> keras.Model:
+    """`model` plus a linear softmax classifier on its pooled features: outputs [probabilities, auxiliary].
+
+    Shares every layer of `model`; only the auxiliary classifier is new. Call inside
+    `strategy.scope()`. The trainer adds the auxiliary output's loss, weighted, to the
+    head's; serving never sees it.
+    """
+    pooled = model.get_layer(POOLED_FEATURES_LAYER).output
+    auxiliary = keras.layers.Dense(contract.NUM_CLASSES, activation="softmax", dtype="float32",
+                                   name=AUXILIARY_LAYER)(pooled)
+    return keras.Model(model.input, [model.output, auxiliary], name=f"{model.name}_training")
+
+
+def is_head_variable(variable: keras.Variable) -> bool:
+    """Whether `variable` belongs to the seed head (not to ResNet50 or the auxiliary classifier)."""
+    return variable.path.startswith(HEAD_PREFIX)
 
 
 def set_stage(model: keras.Model, stage: int, pretrained: bool) -> None:

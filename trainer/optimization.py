@@ -7,7 +7,13 @@ renting more GPUs does not change the model a user gets more than the batch size
 does. When that raises the rate, each stage starts at the reference rate and ramps
 linearly to the scaled one over its first `warmup_steps` steps; when it lowers the rate
 (a global batch under 32), no warm-up is needed.
+
+Some variables can learn at a fixed fraction of that rate (`ScaledAdam`): a randomly
+initialised ResNet50 trains its seed head at a tenth of the base's rate (see
+`trainer.model`).
 """
+
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf
@@ -68,13 +74,37 @@ def learning_rate_schedule(base_learning_rate: float, global_batch_size: int,
     return LinearWarmUp(min(base_learning_rate, target), target, warmup_steps if target > base_learning_rate else 0)
 
 
-def build_optimizer(schedule: LinearWarmUp, precision: str,
-                    variables: list[keras.Variable]) -> keras.optimizers.Optimizer:
-    """Adam for `variables`, built so a checkpoint can restore its slots; call in `strategy.scope()`.
+class ScaledAdam(keras.optimizers.Adam):
+    """Adam whose learning rate is multiplied, per variable, by `scale_of(variable)`.
+
+    Keras optimizers take one rate for every variable; scaling gradients instead would do
+    nothing, since Adam divides them by their own running magnitude. The factors are read
+    once, when the optimizer is built for its variables.
+    """
+
+    def __init__(self, learning_rate: keras.optimizers.schedules.LearningRateSchedule | float,
+                 scale_of: Callable[[keras.Variable], float]):
+        super().__init__(learning_rate=learning_rate)
+        self._scale_of = scale_of
+        self._scales: tuple[float, ...] = ()
+
+    def build(self, variables: list[keras.Variable]) -> None:
+        super().build(variables)
+        self._scales = tuple(float(self._scale_of(variable)) for variable in variables)
+
+    def update_step(self, gradient, variable, learning_rate):
+        scale = self._scales[self._get_variable_index(variable)]
+        super().update_step(gradient, variable, learning_rate * scale)
+
+
+def build_optimizer(schedule: LinearWarmUp, precision: str, variables: list[keras.Variable],
+                    scale_of: Callable[[keras.Variable], float] = lambda variable: 1.0
+                    ) -> keras.optimizers.Optimizer:
+    """`ScaledAdam` for `variables`, built so a checkpoint can restore its slots; call in `strategy.scope()`.
 
     float16 wraps it in a LossScaleOptimizer: float16 gradients underflow without loss scaling.
     """
-    optimizer = keras.optimizers.Adam(learning_rate=schedule)
+    optimizer = ScaledAdam(schedule, scale_of)
     if precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(variables)

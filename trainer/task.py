@@ -11,13 +11,16 @@ nothing and touches no file.
 import logging as std_logging
 import os
 import sys
+from typing import TypeVar
 
 import tensorflow as tf
 from absl import app, flags, logging
 
 from beam_pipelines import contract
-from trainer import distribution, input_pipeline, operating_point, optimization, train
+from trainer import distribution, input_pipeline, model, operating_point, optimization, train
 
+FlagValue = TypeVar("FlagValue")
+TENSORFLOW_DIR = os.path.dirname(tf.__file__) + os.sep
 CLOUD_ENVIRONMENT = ("CLOUD_ML_JOB_ID", "AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR", "AIP_TENSORBOARD_LOG_DIR")
 # --mixed_precision was a boolean flag before it took a precision; its old spellings still work.
 LEGACY_MIXED_PRECISION = {"--mixed_precision": "float16", "--nomixed_precision": "none",
@@ -50,6 +53,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("weights", "imagenet",
                         "ResNet50 initial weights: imagenet (downloads), none, or a local/gs:// weights file.",
                         **values)
+    flags.DEFINE_float("auxiliary_loss_weight", None, "Weight of the loss of a linear classifier on the pooled "
+                       "features, trained alongside the head and not exported (default: "
+                       f"{model.FROM_SCRATCH_AUXILIARY_LOSS_WEIGHT} with --weights none, else 0). A random ResNet50 "
+                       "learns through it while the seed head's ReLU layers would still be silencing themselves; "
+                       "see trainer/model.py.", lower_bound=0.0, **values)
+    flags.DEFINE_float("head_learning_rate_scale", None, "The seed head's learning rate as a fraction of the "
+                       f"stage's (default: {model.FROM_SCRATCH_HEAD_LEARNING_RATE_SCALE} with --weights none, "
+                       "else 1).", **values)
     flags.DEFINE_enum("class_weight", "none", ["none", "balanced"],
                       "balanced weighs the loss by inverse class frequency in the train split.", **values)
     flags.DEFINE_string("mixed_precision", None, f"Compute precision: {', '.join(optimization.PRECISIONS)} "
@@ -83,6 +94,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     for learning_rate in ("stage1_learning_rate", "stage2_learning_rate"):
         flags.register_validator(learning_rate, lambda value: value > 0, message="must be positive",
                                  flag_values=flag_values)
+    flags.register_validator("head_learning_rate_scale", lambda value: value is None or value > 0,
+                             message="must be positive", flag_values=flag_values)
     flags.register_validator(
         "weights", lambda value: value.lower() in ("imagenet", "none") or tf.io.gfile.exists(value),
         message="must be imagenet, none, or an existing weights file", flag_values=flag_values)
@@ -119,6 +132,7 @@ def translate_legacy_arguments(argv: list[str]) -> list[str]:
 def config_from_flags(flag_values: flags.FlagValues) -> train.TrainConfig:
     job_dir = flag_values.job_dir.rstrip("/")
     gpus = bool(tf.config.list_physical_devices("GPU"))
+    from_scratch = flag_values.weights.lower() == "none"
     return train.TrainConfig(
         data_dir=flag_values.data_dir,
         job_dir=job_dir,
@@ -132,9 +146,13 @@ def config_from_flags(flag_values: flags.FlagValues) -> train.TrainConfig:
         stage2_learning_rate=flag_values.stage2_learning_rate,
         warmup_steps=flag_values.warmup_steps,
         weights=flag_values.weights,
+        auxiliary_loss_weight=_default(flag_values.auxiliary_loss_weight,
+                                       model.FROM_SCRATCH_AUXILIARY_LOSS_WEIGHT if from_scratch else 0.0),
+        head_learning_rate_scale=_default(flag_values.head_learning_rate_scale,
+                                          model.FROM_SCRATCH_HEAD_LEARNING_RATE_SCALE if from_scratch else 1.0),
         class_weight=flag_values.class_weight,
         mixed_precision=flag_values.mixed_precision or optimization.default_precision(),
-        jit_compile=gpus if flag_values.jit_compile is None else flag_values.jit_compile,
+        jit_compile=_default(flag_values.jit_compile, gpus),
         steps_per_epoch=flag_values.steps_per_epoch,
         steps_per_loop=flag_values.steps_per_loop,
         checkpoint_every_loops=flag_values.checkpoint_every_loops,
@@ -146,18 +164,36 @@ def config_from_flags(flag_values: flags.FlagValues) -> train.TrainConfig:
     )
 
 
+def _default(value: FlagValue | None, default: FlagValue) -> FlagValue:
+    """A flag's value, or `default` when the flag was left unset (None)."""
+    return default if value is None else value
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     train_from_flags(flags.FLAGS)
 
 
+def _quiet_tensorflow_info() -> None:
+    """Drops TensorFlow's own INFO lines (SavedModel signatures, fingerprints, checkpoint sharding).
+
+    They bury the run's one line per loop and epoch. Some come through the "tensorflow" logger,
+    others straight through absl's, which the trainer's own lines share. Calling it again adds nothing.
+    """
+    tf.get_logger().setLevel(std_logging.WARNING)
+    logging.get_absl_logger().addFilter(_not_tensorflow_info)
+
+
+def _not_tensorflow_info(record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not record.pathname.startswith(TENSORFLOW_DIR)
+
+
 def train_from_flags(flag_values: flags.FlagValues) -> None:
     """Chooses the strategy and trains; bad data or a diverging loss end the process with one message."""
     if not flag_values.job_dir:
         raise app.UsageError("--job_dir is required when AIP_MODEL_DIR is not set")
-    # TensorFlow's own INFO lines (SavedModel assets, fingerprints, sharding callbacks) bury the run's.
-    tf.get_logger().setLevel(std_logging.WARNING)
+    _quiet_tensorflow_info()
     strategy = distribution.choose_strategy(flag_values.cpu_replicas)
     config = config_from_flags(flag_values)
     logging.info("%s with %d replica(s) in sync; %s", type(strategy).__name__,

@@ -66,6 +66,9 @@ class TrainConfig:
     stage2_learning_rate: float = 1e-5
     warmup_steps: int = 100
     weights: str = "imagenet"
+    # See trainer.model: a random base needs both (task.py sets them from --weights by default).
+    auxiliary_loss_weight: float = 0.0
+    head_learning_rate_scale: float = 1.0
     class_weight: str = "none"
     mixed_precision: str = "none"
     jit_compile: bool = False
@@ -136,6 +139,8 @@ class LoopSettings:
     steps_per_loop: int
     checkpoint_every_loops: int
     warmup_steps: int
+    auxiliary_loss_weight: float
+    head_learning_rate_scale: float
     precision: str
     jit_compile: bool
     class_weights: tuple[float, ...]
@@ -166,24 +171,26 @@ class StageTrainer:
     """One stage's optimizer, metrics and compiled loop: Orbit's StandardTrainer, reduced.
 
     `train(iterator, n)` runs n steps in one host call. Each replica computes the gradients
-    of its per-example losses (weighted by class) summed and divided by the global batch;
+    of its per-example losses (weighted by class; plus `auxiliary_loss_weight` × the
+    auxiliary classifier's, see `model_lib.build_training_model`) summed and divided by the global batch;
     the optimizer all-reduces them across replicas and workers and applies them. With
     `jit_compile` the forward and backward pass is compiled with XLA (the all-reduce and the
     update stay outside it).
     """
 
-    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                 settings: LoopSettings):
+    def __init__(self, strategy: tf.distribute.Strategy, training_model: keras.Model,
+                 optimizer: keras.optimizers.Optimizer, settings: LoopSettings):
         self.optimizer = optimizer
         self._strategy = strategy
-        self._model = model
-        self._variables = model.trainable_variables
+        self._model = training_model
+        self._variables = training_model.trainable_variables
+        self._auxiliary_loss_weight = settings.auxiliary_loss_weight
         self._global_batch_size = settings.global_batch_size
         self._class_weights = tf.constant(settings.class_weights, tf.float32)
         with strategy.scope():
             self._loss = keras.metrics.Mean("loss")
             self._accuracy = keras.metrics.CategoricalAccuracy("accuracy")
-        self._batch_statistics = [variable for layer in model.layers
+        self._batch_statistics = [variable for layer in training_model.layers
                                   if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
                                   for variable in (layer.moving_mean, layer.moving_variance)]
         self._gradients = tf.function(self._compute_gradients, jit_compile=settings.jit_compile)
@@ -227,10 +234,13 @@ class StageTrainer:
 
     def _compute_gradients(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[list, tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
-            probabilities = self._model(images, training=True)
+            probabilities, auxiliary_probabilities = self._model(images, training=True)
             example_losses = (keras.losses.categorical_crossentropy(labels, probabilities)
                               * tf.gather(self._class_weights, tf.argmax(labels, axis=-1)))
-            loss = tf.nn.compute_average_loss(example_losses, global_batch_size=self._global_batch_size)
+            auxiliary_losses = (keras.losses.categorical_crossentropy(labels, auxiliary_probabilities)
+                                * tf.gather(self._class_weights, tf.argmax(labels, axis=-1)))
+            loss = tf.nn.compute_average_loss(example_losses + self._auxiliary_loss_weight * auxiliary_losses,
+                                              global_batch_size=self._global_batch_size)
             scaled_loss = self.optimizer.scale_loss(loss)  # Loss scaling under float16; else unchanged.
         return tape.gradient(scaled_loss, self._variables), example_losses, probabilities
 
@@ -278,6 +288,7 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy) -> dict[str, dict
     initial_weights = model_lib.resolve_weights(config.weights)
     with strategy.scope():
         model = model_lib.build_model(config.image_size, initial_weights)
+        training_model = model_lib.build_training_model(model)
     stages = [Stage(1, 0, config.stage1_epochs, config.stage1_learning_rate, initial_weights is not None),
               Stage(2, config.stage1_epochs, config.stage2_epochs, config.stage2_learning_rate,
                     initial_weights is not None)]
@@ -285,7 +296,7 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy) -> dict[str, dict
     store = checkpoints.TrainCheckpoints(paths.checkpoint_dir, chief, config.keep_checkpoints)
     latest = store.latest()
     if latest:
-        _resume_counters_and_weights(latest, model, state, stages, settings.steps_per_epoch)
+        _resume_counters_and_weights(latest, training_model, state, stages, settings.steps_per_epoch)
     cached = _cached_splits(config, data, distribution.worker_count(strategy))
     val_data = input_pipeline.eval_dataset(data["val"], config.image_size, settings.global_batch_size,
                                            cache="val" in cached)
@@ -294,7 +305,7 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy) -> dict[str, dict
             lambda context: input_pipeline.train_dataset(
                 data["train"], config.image_size, context.get_per_replica_batch_size(settings.global_batch_size),
                 seed=config.seed + int(state.step), input_context=context, cache="train" in cached))
-        _train_stages(model, strategy, stages, settings, state, store, latest, iter(train_data),
+        _train_stages(model, training_model, strategy, stages, settings, state, store, latest, iter(train_data),
                       lambda: validation_metrics(model, val_data), paths, chief)
     if not chief:
         distribution.AnyWorker(strategy)(False)  # Waits for the chief's evaluation and export.
@@ -345,10 +356,10 @@ def _decision_spec(text: str, val: input_pipeline.SplitData) -> operating_point.
     return spec
 
 
-def _resume_counters_and_weights(latest: str, model: keras.Model, state: checkpoints.TrainingState,
+def _resume_counters_and_weights(latest: str, training_model: keras.Model, state: checkpoints.TrainingState,
                                  stages: Sequence[Stage], steps_per_epoch: int) -> None:
     """Loads the model and counters of `latest` (the running stage's optimizer is loaded once built)."""
-    tf.train.Checkpoint(model=model, state=state).read(latest).expect_partial()
+    tf.train.Checkpoint(model=training_model, state=state).read(latest).expect_partial()
     stage = _stage_of_epoch(stages, int(state.epoch))
     logging.info("resuming from checkpoint %s: stage %d step %d (epoch %d, step %d of %d in the epoch)", latest,
                  stage.number, int(state.step), int(state.epoch) + 1, int(state.step_in_epoch), steps_per_epoch)
@@ -379,6 +390,8 @@ def _loop_settings(config: TrainConfig, train: input_pipeline.SplitData, replica
         steps_per_loop=config.steps_per_loop,
         checkpoint_every_loops=config.checkpoint_every_loops,
         warmup_steps=config.warmup_steps,
+        auxiliary_loss_weight=config.auxiliary_loss_weight,
+        head_learning_rate_scale=config.head_learning_rate_scale,
         precision=config.mixed_precision,
         jit_compile=config.jit_compile,
         class_weights=tuple(weights[index] for index in range(contract.NUM_CLASSES)) if weights
@@ -390,7 +403,8 @@ def _stage_of_epoch(stages: Sequence[Stage], epoch: int) -> Stage:
     return next((stage for stage in stages if stage.first_epoch <= epoch < stage.end_epoch), stages[-1])
 
 
-def _train_stages(model: keras.Model, strategy: tf.distribute.Strategy, stages: Sequence[Stage],
+def _train_stages(model: keras.Model, training_model: keras.Model, strategy: tf.distribute.Strategy,
+                  stages: Sequence[Stage],
                   settings: LoopSettings, state: checkpoints.TrainingState, store: checkpoints.TrainCheckpoints,
                   latest: str | None, iterator: tf.distribute.DistributedIterator,
                   validate: Callable[[], dict[str, float | None]], paths: OutputPaths, chief: bool) -> None:
@@ -408,14 +422,16 @@ def _train_stages(model: keras.Model, strategy: tf.distribute.Strategy, stages: 
                 optimizer = optimization.build_optimizer(
                     optimization.learning_rate_schedule(stage.learning_rate, settings.global_batch_size,
                                                         settings.warmup_steps),
-                    settings.precision, model.trainable_variables)
+                    settings.precision, training_model.trainable_variables,
+                    lambda variable: (settings.head_learning_rate_scale if model_lib.is_head_variable(variable)
+                                      else 1.0))
             if latest and checkpoints.saved_stage(latest) == stage.number:
                 tf.train.Checkpoint(optimizer=optimizer).read(latest).expect_partial()
             state.stage.assign(stage.number)
-            trainer = StageTrainer(strategy, model, optimizer, settings)
-            checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, state=state)
+            trainer = StageTrainer(strategy, training_model, optimizer, settings)
+            checkpoint = tf.train.Checkpoint(model=training_model, optimizer=optimizer, state=state)
             logging.info("stage %d: epochs %d-%d, %d trainable weights", stage.number, stage.first_epoch + 1,
-                         stage.end_epoch, len(model.trainable_weights))
+                         stage.end_epoch, len(training_model.trainable_weights))
             while int(state.epoch) < stage.end_epoch:
                 _train_epoch(trainer, iterator, stage, settings, state, store, checkpoint, termination, any_worker,
                              writers)
