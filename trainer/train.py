@@ -172,10 +172,10 @@ class StageTrainer:
 
     `train(iterator, n)` runs n steps in one host call. Each replica computes the gradients
     of its per-example losses (weighted by class; plus `auxiliary_loss_weight` × the
-    auxiliary classifier's, see `model_lib.build_training_model`) summed and divided by the global batch;
-    the optimizer all-reduces them across replicas and workers and applies them. With
-    `jit_compile` the forward and backward pass is compiled with XLA (the all-reduce and the
-    update stay outside it).
+    auxiliary classifier's, see `model_lib.build_training_model`) summed and divided by the
+    global batch; the optimizer all-reduces them across replicas and workers and applies them.
+    The loss it reports is the served head's alone. With `jit_compile` the forward and
+    backward pass is compiled with XLA (the all-reduce and the update stay outside it).
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, training_model: keras.Model,
@@ -235,10 +235,9 @@ class StageTrainer:
     def _compute_gradients(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[list, tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             probabilities, auxiliary_probabilities = self._model(images, training=True)
-            example_losses = (keras.losses.categorical_crossentropy(labels, probabilities)
-                              * tf.gather(self._class_weights, tf.argmax(labels, axis=-1)))
-            auxiliary_losses = (keras.losses.categorical_crossentropy(labels, auxiliary_probabilities)
-                                * tf.gather(self._class_weights, tf.argmax(labels, axis=-1)))
+            weights = tf.gather(self._class_weights, tf.argmax(labels, axis=-1))
+            example_losses = keras.losses.categorical_crossentropy(labels, probabilities) * weights
+            auxiliary_losses = keras.losses.categorical_crossentropy(labels, auxiliary_probabilities) * weights
             loss = tf.nn.compute_average_loss(example_losses + self._auxiliary_loss_weight * auxiliary_losses,
                                               global_batch_size=self._global_batch_size)
             scaled_loss = self.optimizer.scale_loss(loss)  # Loss scaling under float16; else unchanged.
