@@ -52,12 +52,17 @@ FROM_SCRATCH_AUXILIARY_LOSS_WEIGHT = 1.0
 FROM_SCRATCH_HEAD_LEARNING_RATE_SCALE = 0.1
 
 
+def is_from_scratch(weights: str) -> bool:
+    """Whether the `--weights` value asks for a randomly initialised ResNet50."""
+    return weights.lower() == "none"
+
+
 def resolve_weights(weights: str) -> str | None:
     """`none` → random init, `imagenet` → Keras download, else a local or gs:// weights file.
 
     A gs:// file is copied locally first because h5py reads local files only.
     """
-    if weights.lower() == "none":
+    if is_from_scratch(weights):
         return None
     if weights.lower() == "imagenet":
         return "imagenet"

@@ -132,7 +132,7 @@ def translate_legacy_arguments(argv: list[str]) -> list[str]:
 def config_from_flags(flag_values: flags.FlagValues) -> train.TrainConfig:
     job_dir = flag_values.job_dir.rstrip("/")
     gpus = bool(tf.config.list_physical_devices("GPU"))
-    from_scratch = flag_values.weights.lower() == "none"
+    from_scratch = model.is_from_scratch(flag_values.weights)
     return train.TrainConfig(
         data_dir=flag_values.data_dir,
         job_dir=job_dir,
