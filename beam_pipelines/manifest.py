@@ -2,7 +2,9 @@
 
 It is written last, once every shard and the rejected records exist, and atomically
 (temporary name, then rename), so its presence means the output directory is complete.
-The trainer reads its class counts.
+Shards are written to a staging folder and moved into the output directory only once
+the job's accounting holds (every listed input used or rejected, every encoded example
+in a shard), so a job that fails leaves no shard where a trainer would read it.
 """
 
 import datetime
@@ -53,17 +55,35 @@ def coverage_warnings(patients: dict[str, dict[str, int]]) -> list[str]:
             for split in ("val", "test") for name in contract.CLASS_NAMES if patients[split][name] == 0]
 
 
+def accounting_errors(inputs_listed: int, used: int, rejected: int, examples: dict[str, dict[str, int]],
+                      shards: list[dict]) -> list[str]:
+    """What does not add up: inputs neither used nor rejected, or examples missing from the shards."""
+    errors = []
+    if used + rejected != inputs_listed:
+        errors.append(f"{inputs_listed} inputs listed but {used} used + {rejected} rejected")
+    for split in contract.SPLITS:
+        encoded = sum(examples[split].values())
+        written = sum(shard["records"] for shard in shards if shard["split"] == split)
+        if written != encoded:
+            errors.append(f"{encoded} {split} examples encoded but {written} written to its shards")
+    return errors
+
+
 def build_manifest(*, options: dict, multipliers: dict[str, int], inputs_listed: int,
                    patients: dict, originals: dict, examples: dict, rejected: dict[str, int],
                    shards: list[dict], notes: dict[str, int]) -> dict:
-    """The manifest; `notes` counts used images by what was tolerated in them (e.g. an invalid VOI window)."""
+    """The manifest; `notes` counts used images by what was tolerated in them (e.g. an invalid VOI window).
+
+    Raises:
+      RuntimeError: the counts do not add up (`accounting_errors`).
+    """
     patient_table = split_class_table(patients)
     originals_table = split_class_table(originals)
+    examples_table = split_class_table(examples)
     used = sum(originals.values())
     rejected_total = sum(rejected.values())
-    if used + rejected_total != inputs_listed:
-        raise RuntimeError(
-            f"accounting error: {inputs_listed} inputs listed but {used} used + {rejected_total} rejected")
+    if errors := accounting_errors(inputs_listed, used, rejected_total, examples_table, shards):
+        raise RuntimeError("accounting error: " + "; ".join(errors))
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "schema": schema_description(),
@@ -72,7 +92,7 @@ def build_manifest(*, options: dict, multipliers: dict[str, int], inputs_listed:
         "inputs": {"listed": inputs_listed, "used": used, "rejected": rejected_total},
         "patients": patient_table,
         "originals": originals_table,
-        "examples": split_class_table(examples),
+        "examples": examples_table,
         "rejected": dict(sorted(rejected.items())),
         "notes": dict(sorted(notes.items())),
         "shards": sorted(shards, key=lambda shard: shard["file"]),
@@ -82,19 +102,28 @@ def build_manifest(*, options: dict, multipliers: dict[str, int], inputs_listed:
 
 
 class WriteManifestFn(beam.DoFn):
-    """Assembles the manifest from the job's side inputs and writes it as JSON."""
+    """Assembles the manifest from the job's side inputs, moves the shards into place, writes the JSON.
 
-    def __init__(self, output_dir: str, options: dict):
+    Shards come from `staging_dir`; if the accounting fails they stay there and the
+    job fails naming it.
+    """
+
+    def __init__(self, output_dir: str, staging_dir: str, options: dict):
         self._output_dir = output_dir
+        self._staging_dir = staging_dir
         self._options = options
 
     def process(self, _, multipliers, inputs_listed, patients, originals, examples, rejected,
                 shards, rejected_files, notes) -> Iterator[dict]:
         del rejected_files  # a side input only so that the manifest is written after them
-        manifest = build_manifest(
-            options=self._options, multipliers=multipliers, inputs_listed=inputs_listed,
-            patients=dict(patients), originals=dict(originals), examples=dict(examples),
-            rejected=dict(rejected), shards=list(shards), notes=dict(notes))
+        try:
+            manifest = build_manifest(
+                options=self._options, multipliers=multipliers, inputs_listed=inputs_listed,
+                patients=dict(patients), originals=dict(originals), examples=dict(examples),
+                rejected=dict(rejected), shards=list(shards), notes=dict(notes))
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}; the shards stay unpublished in {self._staging_dir}") from None
+        storage.move_files(self._staging_dir, self._output_dir, [shard["file"] for shard in manifest["shards"]])
         for warning in manifest["warnings"]:
             logging.warning("DATASET WARNING: %s", warning)
         storage.write_bytes(FileSystems.join(self._output_dir, contract.MANIFEST_FILE),

@@ -7,7 +7,7 @@ Steps: list labelled images from each source → Reshuffle → read and decode e
 file, keep frontal radiographs (rejects go to the dead-letter output) → keep one
 listing of each image (same bytes) → split by patient → expand the train split with
 augmented copies → encode tf.Examples → write sized shards, the rejected records
-and, last, `manifest.json`.
+and, last, `manifest.json`, when the shards move from a staging folder into the output dir.
 """
 
 import argparse
@@ -42,9 +42,11 @@ from beam_pipelines.tfrecord_shards import (
 REJECTED = sources.REJECTED
 PROGRESS_EVERY = 500
 DEFAULT_SEED = 42
-# An interrupted run also leaves its own temporary files and those of Beam's WriteToText.
+# Shards are written here and moved into the output dir with the manifest (manifest.py).
+STAGING_FOLDER = ".staging"
+# An interrupted run also leaves its staged shards, its own temporary files and those of Beam's WriteToText.
 OUTPUT_PATTERNS = (*(contract.shard_pattern(split) for split in contract.SPLITS), "rejected-*.jsonl",
-                   contract.MANIFEST_FILE, storage.TEMPORARY_PATTERN, "beam-temp-*/**")
+                   contract.MANIFEST_FILE, storage.TEMPORARY_PATTERN, "beam-temp-*/**", f"{STAGING_FOLDER}/**")
 
 
 class ReadAndPrepareFn(beam.DoFn):
@@ -258,8 +260,9 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
 
     examples = deduplicated.unique | "ExpandAndEncode" >> beam.ParDo(
         ExpandExamplesFn(args.seed), multipliers=beam.pvalue.AsSingleton(multipliers))
+    staging_dir = FileSystems.join(args.output_dir, STAGING_FOLDER)
     shards = examples | "WriteShards" >> WriteShardedTFRecords(
-        args.output_dir, int(args.target_shard_mb * 1024 * 1024), args.min_shards)
+        staging_dir, int(args.target_shard_mb * 1024 * 1024), args.min_shards)
 
     rejected = ((listed[REJECTED], prepared[REJECTED], deduplicated[REJECTED]) | "AllRejected" >> beam.Flatten())
     rejected_files = (rejected
@@ -276,7 +279,7 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
     _ = (pipeline
          | "ManifestSeed" >> beam.Create([None])
          | "WriteManifest" >> beam.ParDo(
-             WriteManifestFn(args.output_dir, _recorded_options(args)),
+             WriteManifestFn(args.output_dir, staging_dir, _recorded_options(args)),
              multipliers=side.AsSingleton(multipliers),
              inputs_listed=side.AsSingleton(inputs_listed),
              patients=side.AsList(

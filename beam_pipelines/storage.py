@@ -102,6 +102,31 @@ def list_files(directory: str) -> list[str]:
     return sorted(metadata.path[len(root) + 1:] for metadata in matched if not metadata.path.endswith("/"))
 
 
+def move_files(source_dir: str, destination_dir: str, names: Sequence[str]) -> None:
+    """Moves the named files from `source_dir` into `destination_dir` (renames on one filesystem).
+
+    A file already at its destination and gone from the source was moved by an earlier
+    attempt, so a retried step moves only what is left. `source_dir` is removed once empty.
+
+    Raises:
+      FileNotFoundError: a named file is in neither folder.
+    """
+    staged = set(list_files(source_dir))
+    pending = [name for name in names if name in staged]
+    absent = [name for name in names if name not in staged
+              and not FileSystems.exists(FileSystems.join(destination_dir.rstrip("/"), name))]
+    if absent:
+        raise FileNotFoundError(f"{len(absent)} file(s) to move are in neither {source_dir} nor {destination_dir}, "
+                                f"e.g. {absent[0]}")
+    if pending:
+        if not is_remote(destination_dir):
+            os.makedirs(destination_dir, exist_ok=True)
+        FileSystems.rename([FileSystems.join(source_dir.rstrip("/"), name) for name in pending],
+                           [FileSystems.join(destination_dir.rstrip("/"), name) for name in pending])
+    if not is_remote(source_dir) and os.path.isdir(source_dir) and not os.listdir(source_dir):
+        os.rmdir(source_dir)
+
+
 def copy_file(source: str, destination: str) -> None:
     """Copies one file between any two filesystems; the destination appears complete or not at all."""
     with atomic_output(destination) as local_file, open(local_file, "wb") as output, FileSystems.open(

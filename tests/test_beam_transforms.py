@@ -11,6 +11,7 @@ import os
 
 import apache_beam as beam
 import numpy as np
+import pytest
 import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
@@ -99,24 +100,37 @@ def test_sharded_writer_sizes_and_names_the_shards(beam_pipeline, tmp_path):
     assert sorted(records) == sorted(example.serialized for example in examples if example.split == "train")
 
 
-def test_manifest_writer_writes_the_counts_it_is_given(beam_pipeline, tmp_path):
+def write_manifest(pipeline: beam.Pipeline, output_dir: str, staging_dir: str, examples: list, shards: list):
     counts = {("train", "normal"): 2, ("val", "normal"): 1, ("test", "covid19"): 1}
+    side = {name: beam.pvalue.AsList(pipeline | f"Side{name}" >> beam.Create(values)) for name, values in {
+        "patients": list(counts.items()), "originals": list(counts.items()), "examples": examples,
+        "rejected": [("read/missing_file", 1)], "shards": shards,
+        "rejected_files": ["rejected-00000-of-00001.jsonl"], "notes": [("invalid_voi_window", 1)]}.items()}
+    return (pipeline
+            | "Seed" >> beam.Create([None])
+            | beam.ParDo(manifest.WriteManifestFn(output_dir, staging_dir, {"image_size": IMAGE_SIZE}),
+                         multipliers=beam.pvalue.AsSingleton(
+                             pipeline | "Multipliers" >> beam.Create([{"normal": 2, "pneumonia": 2, "covid19": 30}])),
+                         inputs_listed=beam.pvalue.AsSingleton(pipeline | "Listed" >> beam.Create([5])),
+                         **side))
+
+
+def staged_shards(staging_dir, records_per_split: dict[str, int]) -> list[dict]:
+    staging_dir.mkdir()
+    shards = []
+    for split, records in records_per_split.items():
+        name = contract.shard_name(split, 0, 1)
+        (staging_dir / name).write_bytes(b"shard")
+        shards.append({"split": split, "file": name, "records": records, "bytes": 5})
+    return shards
+
+
+def test_manifest_writer_writes_the_counts_it_is_given_and_moves_the_shards_in(beam_pipeline, tmp_path):
+    staging_dir = tmp_path / "staging"
+    shards = staged_shards(staging_dir, {"train": 4, "val": 1, "test": 1})
+    examples = [(("train", "normal"), 4), (("val", "normal"), 1), (("test", "covid19"), 1)]
     with beam_pipeline as pipeline:
-        side = {name: beam.pvalue.AsList(pipeline | f"Side{name}" >> beam.Create(values)) for name, values in {
-            "patients": list(counts.items()), "originals": list(counts.items()),
-            "examples": [(("train", "normal"), 4), (("val", "normal"), 1), (("test", "covid19"), 1)],
-            "rejected": [("read/missing_file", 1)],
-            "shards": [{"split": "train", "file": contract.shard_name("train", 0, 1), "records": 4, "bytes": 9}],
-            "rejected_files": ["rejected-00000-of-00001.jsonl"],
-            "notes": [("invalid_voi_window", 1)]}.items()}
-        written = (pipeline
-                   | "Seed" >> beam.Create([None])
-                   | beam.ParDo(manifest.WriteManifestFn(str(tmp_path), {"image_size": IMAGE_SIZE}),
-                                multipliers=beam.pvalue.AsSingleton(
-                                    pipeline | "Multipliers" >> beam.Create([{"normal": 2, "pneumonia": 2,
-                                                                             "covid19": 30}])),
-                                inputs_listed=beam.pvalue.AsSingleton(pipeline | "Listed" >> beam.Create([5])),
-                                **side))
+        written = write_manifest(pipeline, str(tmp_path), str(staging_dir), examples, shards)
         assert_that(written | beam.Map(lambda written_manifest: written_manifest["inputs"]),
                     equal_to([{"listed": 5, "used": 4, "rejected": 1}]))
     with open(tmp_path / contract.MANIFEST_FILE) as handle:
@@ -125,6 +139,18 @@ def test_manifest_writer_writes_the_counts_it_is_given(beam_pipeline, tmp_path):
     assert on_disk["rejected"] == {"read/missing_file": 1}
     assert on_disk["notes"] == {"invalid_voi_window": 1}
     assert any("pneumonia" in warning and "val" in warning for warning in on_disk["warnings"])
+    assert sorted(os.listdir(tmp_path)) == sorted([contract.MANIFEST_FILE] + [shard["file"] for shard in shards])
+
+
+def test_manifest_writer_leaves_the_shards_staged_when_examples_are_missing_from_them(beam_pipeline, tmp_path):
+    staging_dir = tmp_path / "staging"
+    shards = staged_shards(staging_dir, {"train": 3, "val": 1, "test": 1})
+    examples = [(("train", "normal"), 4), (("val", "normal"), 1), (("test", "covid19"), 1)]
+    with pytest.raises(Exception, match="4 train examples encoded but 3 written to its shards"):
+        with beam_pipeline as pipeline:
+            write_manifest(pipeline, str(tmp_path), str(staging_dir), examples, shards)
+    assert os.listdir(tmp_path) == ["staging"], "no shard is published and no manifest written"
+    assert sorted(os.listdir(staging_dir)) == sorted(shard["file"] for shard in shards)
 
 
 def test_list_sources_flattens_every_configured_source(beam_pipeline, tmp_path):

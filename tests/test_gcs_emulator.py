@@ -130,6 +130,20 @@ def test_an_interrupted_write_leaves_no_file(gcs, tmp_path, where):
     assert storage.list_files(directory) == [], "neither the final file nor its temporary copy may remain"
 
 
+@pytest.mark.parametrize("where", ["gs", "local"])
+def test_moving_files_is_resumable_and_refuses_a_file_in_neither_folder(gcs, tmp_path, where):
+    directory = f"{gcs}/moving" if where == "gs" else str(tmp_path)
+    names = ["train-00000-of-00002.tfrecord.gz", "train-00001-of-00002.tfrecord.gz"]
+    for name in names:
+        storage.write_bytes(f"{directory}/staged/{name}", name.encode())
+    storage.move_files(f"{directory}/staged", f"{directory}/out", names[:1])
+    storage.move_files(f"{directory}/staged", f"{directory}/out", names)  # a retried step: one left to move
+    assert storage.list_files(directory) == [f"out/{name}" for name in names]
+    assert storage.read_bytes(f"{directory}/out/{names[1]}") == names[1].encode()
+    with pytest.raises(FileNotFoundError, match="in neither"):
+        storage.move_files(f"{directory}/staged", f"{directory}/out", ["val-00000-of-00001.tfrecord.gz"])
+
+
 def test_tensorflow_gs_client_does_not_follow_the_emulator(gcs, emulator):
     """TensorFlow's gs:// client ignores STORAGE_EMULATOR_HOST: what it would send to Google fails at once.
 
@@ -153,19 +167,21 @@ def test_walkthrough_writes_every_output_to_the_bucket(walkthrough, gcs):
     predictions = batch_predict.single_file_name(walkthrough["predictions"], ".csv")
     rows = list(csv.DictReader(io.StringIO(storage.read_bytes(predictions).decode("utf-8"))))
     assert len(rows) == 48 and all(row["uri"].startswith(f"{gcs}/raw/rsna/") for row in rows)
-    leftovers = [path for path in storage.list_files(gcs)
-                 if f"/{storage.TEMPORARY_PREFIX}" in f"/{path}" or "beam-temp-" in path]
+    leftovers = [path for path in storage.list_files(gcs) if f"/{storage.TEMPORARY_PREFIX}" in f"/{path}"
+                 or "beam-temp-" in path or f"/{preprocess.STAGING_FOLDER}/" in f"/{path}"]
     assert not leftovers, f"temporary files left in the bucket: {leftovers}"
 
 
 def test_shards_and_manifest_are_uploaded_under_temporary_names_then_renamed(walkthrough, gcs):
+    """The manifest beside its final name; the shards in the staging folder, published with the manifest."""
     uploaded = walkthrough["requests"].uploaded_names()
     prefix = f"tfrecords/{RUN}/"
     final_files = [name for name in storage.list_files(walkthrough["tfrecords"])
                    if name == contract.MANIFEST_FILE or name.endswith(".tfrecord.gz")]
     for name in final_files:
         assert prefix + name not in uploaded, f"{name} was uploaded under its final name"
-        temporary = re.escape(prefix + storage.TEMPORARY_PREFIX) + "[0-9a-f]{32}-" + re.escape(name)
+        folder = prefix if name == contract.MANIFEST_FILE else f"{prefix}{preprocess.STAGING_FOLDER}/"
+        temporary = re.escape(folder + storage.TEMPORARY_PREFIX) + "[0-9a-f]{32}-" + re.escape(name)
         assert any(re.fullmatch(temporary, upload)
                    for upload in uploaded), f"{name} was not uploaded under a temporary name"
 
@@ -213,7 +229,8 @@ def test_predictions_on_the_bucket_match_a_local_run(walkthrough, local_raw, gcs
 def test_overwrite_also_deletes_an_interrupted_runs_temporary_files(walkthrough, gcs, tmp_path, capsys, where):
     output_dir = f"{gcs}/overwrite" if where == "gs" else str(tmp_path / "overwrite")
     leftovers = [f"{output_dir}/.tmp-0123456789abcdef0123456789abcdef-train-00000-of-00002.tfrecord.gz",
-                 f"{output_dir}/beam-temp-rejected-5f0c/0c3e-part"]
+                 f"{output_dir}/beam-temp-rejected-5f0c/0c3e-part",
+                 f"{output_dir}/{preprocess.STAGING_FOLDER}/train-00001-of-00002.tfrecord.gz"]
     for path in leftovers:
         storage.write_bytes(path, b"left by a crashed run")
     flags = [f"--covid_dir={walkthrough['raw']}/covid", f"--output_dir={output_dir}", "--image_size=32",
@@ -225,5 +242,6 @@ def test_overwrite_also_deletes_an_interrupted_runs_temporary_files(walkthrough,
 
     manifest = preprocess.run([*flags, "--overwrite"])
     remaining = set(storage.list_files(output_dir))
-    assert not any(name.startswith((storage.TEMPORARY_PREFIX, "beam-temp-")) for name in remaining), remaining
+    assert not any(name.startswith((storage.TEMPORARY_PREFIX, "beam-temp-", preprocess.STAGING_FOLDER))
+                   for name in remaining), remaining
     assert {shard["file"] for shard in manifest["shards"]} <= remaining

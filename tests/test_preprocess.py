@@ -199,6 +199,7 @@ def test_manifest_counts_match_the_records(job):
         assert PATIENT_KEY not in handle.read()
     shard_files = {shard["file"] for shard in manifest["shards"]}
     assert shard_files == {os.path.basename(path) for path in glob.glob(f"{output_dir}/*.tfrecord.gz")}
+    assert not os.path.exists(os.path.join(output_dir, preprocess.STAGING_FOLDER)), "every shard was moved in"
     train_shards = [name for name in shard_files if name.startswith("train-")]
     assert len(train_shards) > 1 and all(name.endswith(f"-of-{len(train_shards):05d}.tfrecord.gz")
                                          for name in train_shards)
