@@ -90,8 +90,8 @@ class Rejection:
 
     def to_json(self) -> str:
         """One JSON line; optional fields left empty are left out."""
-        fields = {name: value for name, value in dataclasses.asdict(self).items()
-                  if value or name in ("source", "stage", "kind", "reason")}
+        fields = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                  if getattr(self, field.name) or field.name in ("source", "stage", "kind", "reason")}
         return json.dumps(fields, sort_keys=True)
 
     @property

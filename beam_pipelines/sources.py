@@ -45,6 +45,9 @@ RSNA_NOT_NORMAL = "No Lung Opacity / Not Normal"
 RSNA_OPACITY = "Lung Opacity"  # Target=1; the label file decides pneumonia, this class agrees with it
 NOT_NORMAL_POLICIES = ("exclude", "pneumonia")
 
+# Every character str.splitlines() breaks a line at.
+_LINE_BOUNDARY = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
 COVID_METADATA_FILE = "metadata.csv"
 COVID_DEFAULT_FOLDER = "images"
 COVID_XRAY_MODALITY = "x-ray"
@@ -112,6 +115,8 @@ def _swallows_lines(values: list[str], width: int) -> bool:
     A quoted field may legitimately hold line breaks (free-text notes), but not a
     line with as many fields as the header.
     """
+    if not _LINE_BOUNDARY.search("".join(values)):
+        return False  # the common row, checked once rather than field by field
     for value in values:
         lines = value.splitlines()
         if any(len(next(csv.reader([line]), [])) >= width for line in lines[1:]):
@@ -139,7 +144,7 @@ def parse_label_text(path: str, text: str, required: tuple[str, ...] = (),
         rows, line = [], reader.line_num
         for values in reader:
             start, line = line + 1, reader.line_num
-            if not any(value.strip() for value in values):
+            if not "".join(values).strip():
                 continue  # a blank line or a row of empty fields lists nothing
             if _swallows_lines(values, len(header)):
                 raise LabelFileError(

@@ -361,3 +361,8 @@ def test_every_label_file_has_its_columns_checked_before_launch(tmp_path):
         f"{rsna}/{sources.RSNA_CLASS_INFO_FILE} lacks columns ['class']",
         f"{covid}/metadata.csv lacks columns ['filename']",
     ]
+
+
+def test_the_fast_line_break_check_knows_every_break_that_splitlines_knows():
+    breaks = {char for char in map(chr, range(0x110000)) if len(f"a{char}b".splitlines()) > 1}
+    assert breaks == {char for char in map(chr, range(0x110000)) if sources._LINE_BOUNDARY.search(char)}
