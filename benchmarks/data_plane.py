@@ -68,43 +68,46 @@ CODEC_STAGES = ("read file", "DICOM header parse", "JPEG decode (DCT-scaled)", "
 IDLE_FUNCTIONS = ("acquire", "wait", "channel_spin", "_serve", "waitpid", "select", "poll", "sleep")
 
 
-READING = """Reading. The loop is the reference: per image it parses a DICOM header, decodes a JPEG
-with DCT scaling and encodes a PNG, nothing else. On top of that the job spends, per image,
-its own work beyond the codec (intensity scaling, header checks and LUTs, the Example, the
-GZIP TFRecord write: the stage table), its start-up (every process imports Beam, and the
-runner turns the graph into about two dozen fused stages, each a bundle per worker) and the
-runner's own cost. With `multi_processing` the driver and two workers each import Beam, and
-every record crosses the runner's gRPC data plane through the driver, a third process on the
-same two cores; the driver also holds every record of the shard shuffle in its GroupByKey
-buffer and copies it again to hand the groups to the workers, which is most of its memory at
-full size. With `multi_threading` there is one process and no data plane, but pydicom's
-header parse, our Python glue and Beam's bookkeeping hold the GIL, so only the codecs
-(Pillow's decode, the PNG encode, zlib) run in parallel.
+READING = """Reading. The loop is the reference: per image it parses a DICOM header, decodes a JPEG with DCT
+scaling and encodes a PNG, nothing else. On top of that the job spends, per image, its own work
+beyond the codec (intensity scaling, header checks and LUTs, the Example, the GZIP TFRecord
+write: the stage table), its start-up (every process imports Beam, and the runner turns the
+graph into about two dozen fused stages, each a bundle per worker) and the runner's own cost.
+With `multi_processing` the driver and two workers each import Beam, and every record crosses
+the runner's gRPC data plane through the driver, a third process on the same two cores; the
+driver also holds every record of the shard shuffle in its GroupByKey buffer and copies it
+again to hand the groups to the workers, which is most of its memory at full size. With
+`multi_threading` there is one process, whose worker threads still exchange every record with
+the runner over gRPC on loopback, and pydicom's header parse, our Python glue and Beam's
+bookkeeping hold the GIL, so only the codecs (Pillow's decode, the PNG encode, zlib) run in
+parallel.
 
 Removed: no process of the job imports TensorFlow any more (about 2 s of CPU and 740 MB per
 process, three processes in a local job). The Example is built by protobuf from TensorFlow's
 schema and the shards are framed by Beam's TFRecord coder, byte-identical records
 (tests/test_example_codec.py, tests/test_tfrecord_shards.py). Paired runs against the code
 before that change, minutes apart on the shared machine (multi_processing, no augmentation,
-measured once): 3,000 files 27.2 → 18.8 s of CPU and 2.98 → 1.26 GB peak; 14,863 files
-68.8 → 60.9 s of CPU and 3.76 → 2.01 GB peak. tfx-bsl's C++
-`RecordBatchToExamplesEncoder` was measured as the alternative and rejected: it orders the
-feature map differently on every call (200 distinct serializations of one record in 200
-calls), which would break same seed, same bytes.
+measured once): 3,000 files 27.2 → 18.8 s of CPU and 2.98 → 1.26 GB peak; 14,863 files 68.8 →
+60.9 s of CPU and 3.76 → 2.01 GB peak. tfx-bsl's C++ `RecordBatchToExamplesEncoder` was
+measured as the alternative and rejected: it orders the feature map differently on every call
+(200 distinct serializations of one record in 200 calls), which would break same seed, same
+bytes.
 
-What remains and why: the floor table. With the codec taken out, the job still lists and
-reads every file, hashes it, pickles each image and record between stages, moves them through
-the driver's gRPC data plane and the shard shuffle, and frames the GZIP shards; that cost per
-image alone is more than the 1.5× target leaves beside the codec's own work, so no change to
-the job's decode can reach it (the decode's extras beyond the codec, intensity scaling, framing
-and header checks, are about 0.5 ms: the stage table). The peak memory is the runner's too: the
-floor run holds as much as the real job, because the driver buffers every image and record
-between stages. Start-up is one interpreter per process importing Beam, the graph's translation
-and the runner starting and stopping its worker processes: longer by itself than the slack the
-3,000-file target leaves. What would move these is outside the job's code: a runner whose
-workers exchange records without a driver in the path (Dataflow's, where a large job runs at
-about the steady rate per vCPU: docs/cloud.md), or fewer copies of each record between stages,
-which the manifest's exact accounting and exact shard sizing each cost (below).
+What remains and why: the floor table. With the codec taken out, the job still lists and reads
+every file, hashes it, pickles each image and record between stages, moves them through the
+driver's gRPC data plane and the shard shuffle, and frames the GZIP shards; that cost per image
+alone is more than the 1.5× target leaves beside the codec's own work, so no change to the
+job's decode can reach it (the decode's extras beyond the codec, intensity scaling, framing and
+header checks, are about 0.5 ms: the stage table). The peak memory is the runner's too: the
+floor run holds as much as the real job, because the local runner keeps every image and record
+that crosses from one stage to the next in its buffers until the job ends (apache-beam 2.77's
+`fn_api_runner/execution.py` never clears a data buffer), and a GroupByKey's twice. Start-up is
+one interpreter per process importing Beam, the graph's translation and the runner starting and
+stopping its worker processes: longer by itself than the slack the 3,000-file target leaves.
+What would move these is outside the job's code: a runner whose workers exchange records
+without a driver in the path (Dataflow's, where a large job runs at about the steady rate per
+vCPU: docs/cloud.md), or fewer copies of each record between stages, which the manifest's exact
+accounting and exact shard sizing each cost (below).
 
 Tried and measured once while writing this benchmark (2026-11-26, not re-measured by each run):
 PNG `compress_level=6` is about a third of the codec work, but another level changes the
@@ -121,11 +124,13 @@ s.
 
 Data loss found and fixed while measuring: the local runner flushed its data streams from a
 timer thread that drops what is written during the flush (`beam_pipelines/options.py`,
-tests/test_local_runner.py). Before the fix every `multi_threading` run of 3,000 images lost 1
-to 3 records on the way to the shards, and a full-size `multi_processing` run lost 8 in about
-one run of 13; the job's accounting now checks every encoded example against the shards, so a
-loss fails the job instead of passing unnoticed. Figures for `multi_threading` before
-2026-11-26 12:00 came from runs that dropped records."""
+tests/test_local_runner.py). Before the fix every one of 6 `multi_threading` runs of 3,000
+images lost 1 to 3 records on the way to the shards, and a full-size `multi_processing` run
+lost 8 in about one run of 13; the job's accounting now checks every encoded example against
+the shards, so a loss fails the job instead of passing unnoticed. The fix costs nothing
+measurable: three paired `multi_threading` runs of 3,000 images took 9.7, 8.9 and 9.0 s with
+the timed flush (each losing records) and 9.2, 8.9 and 8.7 s without. Figures for
+`multi_threading` before 2026-11-26 12:00 came from runs that dropped records."""
 
 
 def write_csv(rows: list[dict], path: str) -> str:
