@@ -270,6 +270,7 @@ class JobRuns:
     """The runs of one job configuration: whole jobs on `images` files, and on START_UP_FILES."""
 
     name: str
+    mode: str
     augment: str
     images: int
     runs: list[process_tree.TreeUsage]
@@ -373,11 +374,12 @@ def profile_job(runner: JobRunner, source_flag: str, expected_used: int, profile
 
 def codec_free_job(runner: JobRunner, source_flag: str, expected_used: int, stub_image: str) -> JobRuns:
     """The job with decode and PNG encode replaced by one precomputed image (`codec_stub`): the runner's floor."""
+    mode = "multi_processing"
     python_path = os.pathsep.join(filter(None, [CODEC_STUB_PATH, REPOSITORY, os.environ.get("PYTHONPATH")]))
-    run = runner.run(source_flag, expected_used, "multi_processing", NO_AUGMENTATION,
+    run = runner.run(source_flag, expected_used, mode, NO_AUGMENTATION,
                      {"PYTHONPATH": python_path, "CXR_CODEC_STUB_IMAGE": stub_image})
-    return JobRuns("job, multi_processing, no augmentation, codec replaced by a constant image", NO_AUGMENTATION,
-                   expected_used, [run], [])
+    return JobRuns(f"job, {mode}, {NO_AUGMENTATION_LABEL}, codec replaced by a constant image", mode,
+                   NO_AUGMENTATION, expected_used, [run], [])
 
 
 MINIMAL_JOB = """
@@ -419,8 +421,7 @@ def floor_section(loop: dict[int, tuple[float, float]], jobs: list[JobRuns], flo
     """Why the targets are out of reach: the job's cost without the codec, and its start-up part by part."""
     loop_wall, loop_cpu = loop[floor.images]
     loop_ms = 1000 * loop_cpu / floor.images
-    real = next(job for job in jobs if job.images == floor.images and job.augment == NO_AUGMENTATION
-                and "multi_processing" in job.name)
+    real = next(job for job in jobs if (job.images, job.mode, job.augment) == (floor.images, floor.mode, floor.augment))
     best_ms = floor.cpu_ms_per_image + loop_ms - read_ms
     start_up_job = real.start_up
     parts = {**start_up, f"the rest: the job's own stages on {START_UP_FILES} files": start_up_job - sum(
@@ -605,7 +606,7 @@ def run_benchmark(args: argparse.Namespace) -> str:
         for source_flag, used, repeats in configurations:
             for augment, label in AUGMENT_SETTINGS:
                 runs = [runner.run(source_flag, used, mode, augment) for _ in range(repeats)]
-                jobs.append(JobRuns(f"job, {mode}, {label}", augment, used, runs, start_up))
+                jobs.append(JobRuns(f"job, {mode}, {label}", mode, augment, used, runs, start_up))
     profile = profile_job(runner, f"--csv={small_csv}", len(small), os.path.join(work_dir, "profiles"))
     source_flag, used, _ = configurations[0]
     floor = floor_section(loop, jobs, codec_free_job(runner, source_flag, used, rows[0]["image_uri"]),
