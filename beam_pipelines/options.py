@@ -27,13 +27,15 @@ def flush_local_data_streams_by_size_only() -> None:
     `multi_threading`, every stream its workers write back) from a timer thread once a second
     (`worker_handlers.DATA_BUFFER_TIME_LIMIT_MS`). That flush
     (`data_plane.TimeBasedBufferingClosableOutputStream`) sends the buffer, then clears it,
-    without holding off the thread that writes to it, so whatever is written in between is
-    lost. Measured with the preprocess job (its accounting check names the loss): 3,000 images
-    in `multi_threading` lost 1 to 3 records in every one of 6 runs; 14,863 images in
-    `multi_processing` lost 8 in one run of 13. At 0 the streams flush by size only, from the
-    writing thread, as the SDK harness does on Dataflow; a timed flush only lowers latency in
-    streaming jobs. tests/test_local_runner.py shows the upstream race, so the day a Beam release
-    fixes it, that test fails and this can go.
+    without holding off the thread that writes to it, so whatever is written in between is lost.
+    Measured with the preprocess job (its accounting check names the loss): 3,000 images in
+    `multi_threading` lost 1 to 3 records in every one of 6 runs; 14,863 images in
+    `multi_processing` lost 8 in one run of 13 (with the flush every 5 ms instead, to make the
+    race frequent, both `multi_processing` runs of 3,000 tried lost records, 528 in one). At 0
+    the streams flush by size only, from the writing thread, as the SDK harness does on
+    Dataflow; a timed flush only lowers latency in streaming jobs. tests/test_local_runner.py
+    shows the upstream race, so the day a Beam release fixes it, that test fails and this can
+    go.
     """
     worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
 
