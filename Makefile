@@ -33,7 +33,7 @@ demo: export PYTHONUNBUFFERED := 1
 demo: install
 	@rm -rf $(DEMO_DIR)
 	@echo "==> 1/5 synthesise 800 RSNA DICOMs and 800 covid images at 512² into $(DEMO_DIR)/raw/ (about a minute)"
-	@$(PYTHON) -m beam_pipelines.synthesize --output_dir $(DEMO_DIR)/raw \
+	@$(PYTHON) -m synthetic --output_dir $(DEMO_DIR)/raw \
 		--num_rsna 800 --num_covid 800 --image_size 512 --seed 7 $(LOCAL_BEAM) $(QUIET_TF)
 	@echo "==> 2/5 preprocess: decode, split by patient, augment, write TFRecords to $(DEMO_DIR)/tfrecords/"
 	@$(PYTHON) -c "import secrets; print(secrets.token_hex(32))" > $(DEMO_DIR)/patient_key

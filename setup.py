@@ -17,17 +17,20 @@ REQUIRED_PACKAGES = [
     "google-cloud-storage>=2.18,<4",
     "absl-py>=1.4,<2",
     "tensorboard~=2.21.0",
+    # Reference metrics (ROC-AUC, ROC curve, confusion matrix, calibration curve, logistic baselines).
+    "scikit-learn~=1.9",
 ]
+
+PRODUCTION_PACKAGES = ("cxr_core", "serving", "beam_pipelines", "trainer")
 
 setuptools.setup(
     name="cxr-classifier",
     version="0.1.0",
     description="Chest X-ray classification (normal / pneumonia / COVID-19): Beam data plane and TF trainer.",
     python_requires=">=3.11,<3.12",
-    # Workers get the data plane, the trainer and serving; synthetic data stays in the source tree.
-    packages=setuptools.find_packages(include=["beam_pipelines", "beam_pipelines.*", "trainer", "trainer.*",
-                                                "serving", "serving.*"],
-                                       exclude=["beam_pipelines.synthesize", "beam_pipelines.synthesize.*"]),
+    # The production packages; `synthetic`, `benchmarks` and `tests` are development tools run from the source tree.
+    packages=setuptools.find_packages(include=[f"{package}{suffix}" for package in PRODUCTION_PACKAGES
+                                               for suffix in ("", ".*")]),
     install_requires=REQUIRED_PACKAGES,
     # gcp-storage-emulator: the Cloud Storage emulator of tests/test_gcs_emulator.py and `make cloud-demo`.
     extras_require={"test": ["pytest~=9.0", "gcp-storage-emulator==2026.7.19"]},

@@ -13,7 +13,7 @@ from apache_beam.portability.api import beam_fn_api_pb2
 from apache_beam.runners.portability.fn_api_runner import worker_handlers
 from google.protobuf import text_format
 
-# Beam's DirectRunner now tries to download the Prism runner binary first; the pure-Python
+# Beam's DirectRunner tries to download the Prism runner binary first; the pure-Python
 # portable runner needs no network and still honours --direct_num_workers and
 # --direct_running_mode=multi_processing.
 LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"

@@ -1,12 +1,12 @@
 """`python -m beam_pipelines.predict`: the batch prediction job, at the command users know.
 
-The job itself lives with the rest of serving, in `serving.batch_predict`.
+The job itself lives with the rest of serving, in `beam_pipelines.batch_predict`.
 """
 
 import sys
 
+from beam_pipelines import batch_predict
 from beam_pipelines.options import configure_logging
-from serving import batch_predict
 
 if __name__ == "__main__":
     configure_logging()

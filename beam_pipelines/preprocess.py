@@ -19,25 +19,18 @@ from collections.abc import Iterable, Iterator
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines import (
-    augmentation,
-    contract,
-    example_codec,
-    imaging,
-    reading,
-    sources,
-    splitting,
-    storage,
-)
+from beam_pipelines import example_codec, reading, sources, splitting, storage
 from beam_pipelines.manifest import WriteManifestFn, format_summary, read_manifest
 from beam_pipelines.options import build_pipeline_options, configure_logging
-from beam_pipelines.records import Listing, PreparedImage, Rejection, SourceImage, listing_location
+from beam_pipelines.records import Listing, PreparedImage, SourceImage
 from beam_pipelines.tfrecord_shards import (
     DEFAULT_MIN_TRAIN_SHARDS,
     DEFAULT_TARGET_SHARD_MB,
     EncodedExample,
     WriteShardedTFRecords,
 )
+from cxr_core import augmentation, contract, imaging
+from cxr_core.rejection import Rejection, UnusableInput, listing_location
 
 REJECTED = sources.REJECTED
 PROGRESS_EVERY = 500
@@ -79,8 +72,8 @@ class ReadAndPrepareFn(beam.DoFn):
         try:
             data = reading.read_file(image.image_uri, imaging.max_file_bytes(self._max_pixels),
                                      name=f"the image listed at {image.location} ({image_id})")
-            decoded = reading.preprocess_bytes(data, self._image_size, image.image_uri, self._max_pixels)
-        except reading.UnusableInput as unusable:
+            decoded = imaging.preprocess_bytes(data, self._image_size, image.image_uri, self._max_pixels)
+        except UnusableInput as unusable:
             yield self._reject(image, image_id, unusable.stage, unusable.kind, unusable.reason)
             return
         if problem := sources.header_problem(decoded.view, decoded.modality, self._allowed_views):

@@ -14,17 +14,8 @@ underlying exception's message, which carries the path.
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines import imaging
-
-
-class UnusableInput(Exception):
-    """An input that cannot become an image: where it failed, a stable code, and the detail."""
-
-    def __init__(self, stage: str, kind: str, reason: str):
-        super().__init__(f"{stage}/{kind}: {reason}")
-        self.stage = stage
-        self.kind = kind
-        self.reason = reason
+from cxr_core import imaging
+from cxr_core.rejection import UnusableInput
 
 
 class InputReadError(IOError):
@@ -63,19 +54,8 @@ def read_file(uri: str, max_bytes: int, name: str | None = None) -> bytes:
     return data
 
 
-def preprocess_bytes(data: bytes, image_size: int, uri: str = "",
-                     max_pixels: int = imaging.DEFAULT_MAX_PIXELS) -> imaging.DecodedImage:
-    """`imaging.preprocess_image`; every failure is an `UnusableInput`."""
-    try:
-        return imaging.preprocess_image(data, image_size, uri, max_pixels)
-    except imaging.ImageDecodeError as error:
-        raise UnusableInput("decode", error.kind, error.reason) from error
-    except Exception as error:  # a decoder bug must not fail the job: record it instead
-        raise UnusableInput("decode", "unexpected_error", f"{type(error).__name__}: {error}") from error
-
-
 def read_and_preprocess(uri: str, image_size: int, max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
                         name: str | None = None) -> imaging.DecodedImage:
-    """Reads `uri` (see `read_file`) and preprocesses its bytes (see `preprocess_bytes`)."""
+    """Reads `uri` (see `read_file`) and preprocesses its bytes (see `imaging.preprocess_bytes`)."""
     data = read_file(uri, imaging.max_file_bytes(max_pixels), name)
-    return preprocess_bytes(data, image_size, uri, max_pixels)
+    return imaging.preprocess_bytes(data, image_size, uri, max_pixels)

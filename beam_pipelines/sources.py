@@ -29,7 +29,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipelines import splitting
-from beam_pipelines.records import Rejection, SourceImage
+from beam_pipelines.records import SourceImage
+from cxr_core.rejection import Rejection
 
 REJECTED = "rejected"
 

@@ -17,7 +17,7 @@ import hmac
 
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines import contract
+from cxr_core import contract
 
 HASH_FRACTION_BYTES = 8
 MIN_KEY_CHARACTERS = 16

@@ -29,7 +29,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 
-from beam_pipelines import contract, storage
+from beam_pipelines import storage
+from cxr_core import contract
 
 DEFAULT_TARGET_SHARD_MB = 150
 # The contract names the compression as tf.data spells it ("GZIP"); Beam spells it "gzip".

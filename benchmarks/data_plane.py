@@ -37,10 +37,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from PIL import Image, ImageFile
 
-from beam_pipelines import augmentation, contract, example_codec, imaging, preprocess, reading, sources, splitting
+from beam_pipelines import example_codec, preprocess, reading, sources, splitting
 from beam_pipelines.options import build_pipeline_options
 from beam_pipelines.tfrecord_shards import COMPRESSION
 from benchmarks import process_tree, rsna_layout
+from cxr_core import augmentation, contract, imaging
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROFILER_PATH = os.path.join(REPOSITORY, "benchmarks", "thread_profiler")

@@ -11,7 +11,7 @@ Measured on this machine, on the trainer's own code (`trainer.input_pipeline`,
 Then, on paper: the images/s 8 GPUs consume for ResNet50 at 128², and the CPU cores
 the input pipeline needs for them at the measured per-core rate.
 
-Without --data_dir it writes its own phantom TFRecords (`beam_pipelines.synthesize.records`).
+Without --data_dir it writes its own phantom TFRecords (`synthetic.records`).
 """
 
 import argparse
@@ -24,8 +24,8 @@ from collections.abc import Iterator
 import keras
 import tensorflow as tf
 
-from beam_pipelines import contract
-from beam_pipelines.synthesize import records as synthetic_records
+from cxr_core import contract
+from synthetic import records as synthetic_records
 from trainer import input_pipeline, model
 
 SYNTHETIC_PER_CLASS = 400

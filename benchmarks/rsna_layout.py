@@ -26,8 +26,8 @@ import pydicom
 from pydicom import uid
 
 from beam_pipelines import sources
-from beam_pipelines.synthesize import dicom_writer, phantom
-from beam_pipelines.synthesize import pipeline as synthesize
+from synthetic import dicom_writer, phantom
+from synthetic import pipeline as synthesize
 
 IMAGE_SIZE: Final = 1024
 # Stage-2 training labels as published: patients per class and, for "Lung Opacity",

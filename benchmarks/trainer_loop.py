@@ -29,8 +29,8 @@ import time
 import keras
 import tensorflow as tf
 
-from beam_pipelines.synthesize import records as synthetic_records
 from benchmarks import input_pipeline as input_benchmark
+from synthetic import records as synthetic_records
 from trainer import distribution, input_pipeline, model, optimization, train
 
 SYNTHETIC_PER_CLASS = 200

@@ -1,6 +1,6 @@
 """Grad-CAM (Selvaraju et al., 2017): where in the image the model found evidence for a class.
 
-Each channel of the last ResNet50 block (`model.FEATURE_LAYER`, `conv5_block3_out`) is
+Each channel of the last ResNet50 block (`contract.FEATURE_LAYER`, `conv5_block3_out`) is
 weighted by the mean gradient of the class score with respect to it; the positive
 part of the weighted sum is scaled to [0, 1] and upsampled to the input size. That block
 is the input size / 32 on a side (4×4 at 128²), so the map shows which region drove the
@@ -16,9 +16,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from beam_pipelines import imaging
-from trainer import features
-from trainer import model as model_lib
+from cxr_core import contract, imaging
+from serving import features
 
 KERAS_MODEL_FILE = "model.keras"
 OVERLAY_OPACITY = 0.4
@@ -48,7 +47,7 @@ def grad_cam(model: keras.Model, pixels: np.ndarray, class_id: int | None = None
     # The class score before the softmax, as in the paper: probabilities saturate near 0 and 1,
     # where their gradients vanish and every map would be empty.
     output_layer = model.layers[-1]
-    feature_model = keras.Model(model.inputs, [model.get_layer(model_lib.FEATURE_LAYER).output, output_layer.input])
+    feature_model = keras.Model(model.inputs, [model.get_layer(contract.FEATURE_LAYER).output, output_layer.input])
     with tf.GradientTape() as tape:
         feature_maps, head_features = feature_model(image, training=False)
         logits = tf.matmul(tf.cast(head_features, tf.float32), output_layer.kernel) + output_layer.bias

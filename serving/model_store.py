@@ -17,8 +17,8 @@ from typing import Any
 
 import tensorflow as tf
 
-from beam_pipelines import contract as data_contract
-from trainer.operating_point import DecisionRule
+from cxr_core import contract as data_contract
+from cxr_core.decision_rule import DecisionRule
 
 EXPORT_DIR = "export"
 

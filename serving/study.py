@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from beam_pipelines import contract, imaging
+from cxr_core import contract, imaging
 
 PROG = "cxr-predict"
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from beam_pipelines import augmentation
+from cxr_core import augmentation
 
 
 @pytest.fixture

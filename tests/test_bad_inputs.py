@@ -23,8 +23,9 @@ import pydicom
 import pytest
 from PIL import Image
 
-from beam_pipelines import contract, preprocess, sources
-from beam_pipelines.synthesize import dicom_writer, phantom
+from beam_pipelines import preprocess, sources
+from cxr_core import contract
+from synthetic import dicom_writer, phantom
 
 PATIENT_KEY = "bad-inputs-test-key-0123456789"
 IMAGE_SIZE = 32

@@ -16,10 +16,11 @@ import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from beam_pipelines import contract, imaging, manifest, preprocess, sources, splitting, tfrecord_shards
-from beam_pipelines.records import PreparedImage, Rejection, SourceImage
-from beam_pipelines.synthesize import phantom
-from serving import batch_predict
+from beam_pipelines import batch_predict, manifest, preprocess, sources, splitting, tfrecord_shards
+from beam_pipelines.records import PreparedImage, SourceImage
+from cxr_core import contract, imaging
+from cxr_core.rejection import Rejection
+from synthetic import phantom
 
 IMAGE_SIZE = 32
 FRACTIONS = {"train": 1.0, "val": 0.0, "test": 0.0}

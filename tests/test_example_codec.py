@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_pipelines import contract, example_codec, imaging
+from beam_pipelines import example_codec
+from cxr_core import contract, imaging
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = [

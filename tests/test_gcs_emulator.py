@@ -19,9 +19,9 @@ import urllib.parse
 import numpy as np
 import pytest
 
-from beam_pipelines import contract, preprocess, storage
+from beam_pipelines import batch_predict, preprocess, storage
+from cxr_core import contract
 from infra import gcs_emulator
-from serving import batch_predict
 
 BUCKET = "cxr-test"
 RUN = "emulator-run"

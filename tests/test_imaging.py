@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from beam_pipelines import imaging
-from beam_pipelines.synthesize import dicom_writer, phantom
+from cxr_core import imaging
+from synthetic import dicom_writer, phantom
 
 SIZE = 64
 

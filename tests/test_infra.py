@@ -254,13 +254,14 @@ def test_preprocess_template_parameters_are_the_job_flags():
 
 
 def test_predict_template_parameters_are_the_job_flags():
-    from serving import batch_predict as predict
+    from beam_pipelines import batch_predict as predict
 
     assert_parser_accepts_template(predict.build_parser(), "predict", PREDICT_SAMPLES)
 
 
 def test_preprocess_template_rejects_what_the_job_rejects():
-    from beam_pipelines import augmentation, preprocess, sources, splitting
+    from beam_pipelines import preprocess, sources, splitting
+    from cxr_core import augmentation
 
     declared = parameters("preprocess")
     for action in preprocess.build_parser()._actions:

@@ -18,11 +18,12 @@ import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 from pydicom.data import get_testdata_file
 
-from beam_pipelines import contract, imaging, preprocess, sources, splitting
+from beam_pipelines import preprocess, sources, splitting
 from beam_pipelines.options import build_pipeline_options
 from beam_pipelines.records import PreparedImage, SourceImage
-from beam_pipelines.synthesize import dicom_writer, phantom
-from beam_pipelines.synthesize import pipeline as synthesize
+from cxr_core import contract, imaging
+from synthetic import dicom_writer, phantom
+from synthetic import pipeline as synthesize
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATIENT_KEY = "test-patient-key-0123456789"

@@ -20,12 +20,13 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from beam_pipelines import contract, imaging, preprocess, sources, splitting
-from beam_pipelines.synthesize import dicom_writer, phantom
-from serving import batch_predict as predict
-from serving import export, gradcam, model_store, study
-from trainer import features, operating_point
+from beam_pipelines import batch_predict as predict
+from beam_pipelines import preprocess, sources, splitting
+from cxr_core import contract, decision_rule, imaging
+from serving import export, features, gradcam, model_store, study
+from synthetic import dicom_writer, phantom
 from trainer import model as model_lib
+from trainer import operating_point
 
 IMAGE_SIZE = 64
 STUDY_SIDE = (160, 136)  # Not square, so the framing to a square is part of what is compared.
@@ -179,7 +180,7 @@ def test_an_export_serves_the_classes_of_its_decision_rule_and_records_it(tmp_pa
     raw = tiny(features.decode_images(tf.constant(pngs), IMAGE_SIZE)).numpy()
     labels = np.arange(len(pngs)) % contract.NUM_CLASSES
     rule = operating_point.choose_decision_rule(
-        operating_point.parse_decision_rule("target:covid19:sensitivity:0.8"), labels, raw, (10, 10, 80))
+        decision_rule.parse_decision_rule("target:covid19:sensitivity:0.8"), labels, raw, (10, 10, 80))
     expected = rule.apply(raw)
     assert rule.threshold is not None and not np.array_equal(expected, np.argmax(raw, axis=1))
     assert len(set(expected.tolist())) > 1

@@ -15,8 +15,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 from pydicom import uid
 
-from beam_pipelines.synthesize import dicom_writer, phantom
-from beam_pipelines.synthesize import pipeline as synthesize
+from synthetic import dicom_writer, phantom
+from synthetic import pipeline as synthesize
 
 IMAGE_SIZE = 64
 NUM_RSNA = 30

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_pipelines import contract
 from beam_pipelines.tfrecord_shards import EncodedExample, WriteShardedTFRecords, shard_count, shard_order_key
+from cxr_core import contract
 
 RECORD_BYTES = 1000
 

@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_pipelines import contract
-from beam_pipelines.synthesize import records as synthetic_records
-from serving import model_store
-from trainer import evaluation, features, input_pipeline, operating_point, preemption
+from cxr_core import contract, decision_rule
+from serving import features, model_store
+from synthetic import records as synthetic_records
+from trainer import evaluation, input_pipeline, preemption
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = 32
@@ -175,7 +175,7 @@ def test_a_chief_and_a_worker_train_both_stages_and_export_a_model_that_serves(d
     assert loaded.contract.preprocessing_version == contract.PREPROCESSING_VERSION
     assert loaded.contract.training_config == run
     with open(os.path.join(job_dir, "eval", evaluation.DECISION_RULE_FILE)) as handle:  # Chosen on val.
-        assert loaded.contract.decision_rule == operating_point.DecisionRule.from_json(json.load(handle))
+        assert loaded.contract.decision_rule == decision_rule.DecisionRule.from_json(json.load(handle))
     test_split = input_pipeline.inspect_data(data_dir, IMAGE_SIZE)["test"]
     serialized = [record.numpy() for record in tf.data.TFRecordDataset(test_split.shards, "GZIP").take(5)]
     pngs = [tf.train.Example.FromString(record).features.feature[contract.IMAGE_ENCODED].bytes_list.value[0]

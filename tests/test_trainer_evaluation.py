@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from beam_pipelines import contract
+from cxr_core import contract, decision_rule
+from serving import export
 from trainer import evaluation, intervals, operating_point
 
 # True classes and predictions; the confusion matrix [true, predicted] is
@@ -253,7 +254,7 @@ VAL_LABELS = np.array([0] * 45 + [1] * 45 + [2] * 10)
 
 
 def test_prior_correction_undoes_an_over_represented_training_class():
-    rule = operating_point.choose_decision_rule(operating_point.parse_decision_rule("argmax"), VAL_LABELS,
+    rule = operating_point.choose_decision_rule(decision_rule.parse_decision_rule("argmax"), VAL_LABELS,
                                                 np.full((100, 3), 1 / 3), TRAIN_COUNTS)
     # Smoothed priors: train (11, 11, 81) / 103, val (46, 46, 11) / 103.
     assert rule.train_prior == pytest.approx((11 / 103, 11 / 103, 81 / 103))
@@ -264,15 +265,15 @@ def test_prior_correction_undoes_an_over_represented_training_class():
     np.testing.assert_allclose(rule.adjusted(probabilities), weighted / weighted.sum(axis=1, keepdims=True))
     np.testing.assert_array_equal(np.argmax(probabilities, axis=1), [2, 2])
     np.testing.assert_array_equal(rule.apply(probabilities), [0, 2])
-    np.testing.assert_allclose(rule.tf_adjusted_probabilities(tf.constant(probabilities, tf.float32)).numpy(),
+    np.testing.assert_allclose(export.adjusted_probabilities(rule, tf.constant(probabilities, tf.float32)).numpy(),
                                rule.adjusted(probabilities), rtol=1e-5)
-    np.testing.assert_array_equal(rule.tf_class_ids(tf.constant(probabilities, tf.float32)).numpy(), [0, 2])
+    np.testing.assert_array_equal(export.class_ids(rule, tf.constant(probabilities, tf.float32)).numpy(), [0, 2])
 
 
 @pytest.mark.parametrize("metric, target", [("sensitivity", 0.95), ("sensitivity", 0.8), ("specificity", 0.9)])
 def test_threshold_reaches_the_target_on_val_and_is_the_tightest_that_does(metric, target):
     labels, probabilities, patients = scored_split(num_patients=300)
-    spec = operating_point.parse_decision_rule(f"target:covid19:{metric}:{target}")
+    spec = decision_rule.parse_decision_rule(f"target:covid19:{metric}:{target}")
 
     rule = operating_point.choose_decision_rule(spec, labels, probabilities, TRAIN_COUNTS)
 
@@ -284,9 +285,9 @@ def test_threshold_reaches_the_target_on_val_and_is_the_tightest_that_does(metri
         assert (scores[labels == 2] >= rule.threshold).sum() == np.ceil(target * (labels == 2).sum())
     else:
         assert (scores[labels != 2] < rule.threshold).sum() == np.ceil(target * (labels != 2).sum())
-    np.testing.assert_array_equal(rule.tf_class_ids(tf.constant(probabilities, tf.float32)).numpy(),
+    np.testing.assert_array_equal(export.class_ids(rule, tf.constant(probabilities, tf.float32)).numpy(),
                                   rule.apply(probabilities))
-    assert operating_point.DecisionRule.from_json(json.dumps(rule.to_json())) == rule
+    assert decision_rule.DecisionRule.from_json(json.dumps(rule.to_json())) == rule
 
 
 @pytest.mark.parametrize("text", ["", "max", "target:covid19:sensitivity", "target:flu:sensitivity:0.9",
@@ -294,11 +295,11 @@ def test_threshold_reaches_the_target_on_val_and_is_the_tightest_that_does(metri
                                   "target:covid19:sensitivity:high"])
 def test_bad_decision_rules_name_the_flag(text):
     with pytest.raises(ValueError, match="--decision_rule must be argmax or target:<class>"):
-        operating_point.parse_decision_rule(text)
+        decision_rule.parse_decision_rule(text)
 
 
 def test_a_target_val_cannot_set_fails_before_training():
-    spec = operating_point.parse_decision_rule("target:covid19:sensitivity:0.95")
+    spec = decision_rule.parse_decision_rule("target:covid19:sensitivity:0.95")
     with pytest.raises(ValueError, match="val has no covid19 examples"):
         operating_point.check_decision_rule(spec, (10, 10, 0))
     operating_point.check_decision_rule(spec, (10, 10, 1))
@@ -306,7 +307,7 @@ def test_a_target_val_cannot_set_fails_before_training():
 
 def test_metrics_follow_the_rule_and_auc_does_not():
     labels, probabilities, patients = scored_split(num_patients=90)
-    rule = operating_point.choose_decision_rule(operating_point.parse_decision_rule("target:covid19:sensitivity:0.95"),
+    rule = operating_point.choose_decision_rule(decision_rule.parse_decision_rule("target:covid19:sensitivity:0.95"),
                                                 labels, probabilities, TRAIN_COUNTS)
     plain = evaluation.classification_metrics(labels, probabilities, patients)
     ruled = evaluation.classification_metrics(labels, probabilities, patients, rule)
@@ -348,10 +349,10 @@ def test_best_epoch_is_chosen_on_val_and_never_reads_test():
 
 def test_write_report_records_the_rule(tmp_path):
     labels, probabilities, patients = scored_split()
-    rule = operating_point.choose_decision_rule(operating_point.parse_decision_rule("argmax"), labels,
+    rule = operating_point.choose_decision_rule(decision_rule.parse_decision_rule("argmax"), labels,
                                                 probabilities, TRAIN_COUNTS)
     results = {"val": evaluation.SplitPredictions(labels, probabilities, np.full(len(labels), "rsna"), patients)}
     metrics = evaluation.write_report(str(tmp_path), results, rule)
     with open(tmp_path / evaluation.DECISION_RULE_FILE) as handle:
-        assert operating_point.DecisionRule.from_json(json.load(handle)) == rule
+        assert decision_rule.DecisionRule.from_json(json.load(handle)) == rule
     assert metrics["val"]["decision_rule"] == rule.describe()

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from beam_pipelines import contract
-from trainer import features
+from cxr_core import contract
+from serving import features
 from trainer import model as model_lib
 
 IMAGE_SIZE = 32

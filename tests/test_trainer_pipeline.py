@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_pipelines import contract, example_codec, imaging
-from beam_pipelines.synthesize import records as synthetic_records
-from trainer import distribution, features, input_pipeline, train
+from beam_pipelines import example_codec
+from cxr_core import contract, imaging
+from serving import features
+from synthetic import records as synthetic_records
+from trainer import distribution, input_pipeline, train
 
 IMAGE_SIZE = 32
 PER_CLASS = {"train": 8, "val": 3, "test": 3}

@@ -12,9 +12,9 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from beam_pipelines import contract, imaging
-from beam_pipelines.synthesize import records as synthetic_records
+from cxr_core import contract, imaging
 from serving import model_store
+from synthetic import records as synthetic_records
 from trainer import distribution, task, train
 
 IMAGE_SIZE = 32

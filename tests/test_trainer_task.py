@@ -15,8 +15,8 @@ import tensorflow as tf
 from absl import flags
 from absl import logging as absl_logging
 
-from beam_pipelines import contract
-from beam_pipelines.synthesize import records as synthetic_records
+from cxr_core import contract
+from synthetic import records as synthetic_records
 from trainer import model, task, train
 
 

@@ -40,9 +40,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from beam_pipelines import contract
+from cxr_core import contract
+from cxr_core.decision_rule import DecisionRule
 from trainer import intervals, plots
-from trainer.operating_point import DecisionRule
 
 METRICS_FILE = "metrics.json"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"

@@ -14,8 +14,8 @@ import tensorflow as tf
 from absl import logging
 from google.protobuf import message as protobuf_message
 
-from beam_pipelines import contract
-from trainer import features
+from cxr_core import contract
+from serving import features
 from trainer.augment import augment_images
 
 SHUFFLE_BUFFER_RECORDS = 4096  # Serialized records (~10 KB each at 128²); spans many augmented copies.
@@ -58,7 +58,7 @@ def inspect_data(data_dir: str, image_size: int) -> dict[str, SplitData]:
 
     Raises:
       DataError: the dir is missing or empty, a split has no shards or no records,
-        a record does not match `beam_pipelines.contract`, or train lacks a class.
+        a record does not match `cxr_core.contract`, or train lacks a class.
     """
     if not tf.io.gfile.isdir(data_dir):
         raise DataError(f"data dir {data_dir} does not exist; pass the --output_dir of "

@@ -33,11 +33,11 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from beam_pipelines import contract
-from trainer import features
+from cxr_core import contract
+from serving import features
 
 INPUT_NAME = "image"
-FEATURE_LAYER = "conv5_block3_out"
+FEATURE_LAYER = contract.FEATURE_LAYER
 HEAD_PREFIX = "head_"
 HEAD_POOL_SIZE = 2
 HEAD_UNITS = (256, 128, 64)

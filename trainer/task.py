@@ -16,8 +16,8 @@ from typing import TypeVar
 import tensorflow as tf
 from absl import app, flags, logging
 
-from beam_pipelines import contract
-from trainer import distribution, input_pipeline, model, operating_point, optimization, train
+from cxr_core import contract, decision_rule
+from trainer import distribution, input_pipeline, model, optimization, train
 
 FlagValue = TypeVar("FlagValue")
 TENSORFLOW_DIR = os.path.dirname(tf.__file__) + os.sep
@@ -85,7 +85,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       "first pass: memory, none, or auto (when train, then val, fit in --cache_budget_gb).", **values)
     flags.DEFINE_float("cache_budget_gb", 4.0, "Memory --cache auto may fill with decoded uint8 images, per worker.",
                        lower_bound=0.0, **values)
-    flags.DEFINE_string("decision_rule", operating_point.ARGMAX, "How a class is predicted, chosen on val and "
+    flags.DEFINE_string("decision_rule", decision_rule.ARGMAX, "How a class is predicted, chosen on val and "
                         "exported with the model: argmax (after correcting the train class mix to val's), or "
                         "target:<class>:<sensitivity|specificity>:<value>, e.g. target:covid19:sensitivity:0.95 "
                         "(a threshold on that class set on val to reach the target there).", **values)
@@ -110,7 +110,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 def _check_decision_rule_syntax(text: str) -> bool:
     try:
-        operating_point.parse_decision_rule(text)
+        decision_rule.parse_decision_rule(text)
     except ValueError as error:
         raise flags.ValidationError(str(error)) from error
     return True

@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from beam_pipelines import contract
+from cxr_core import contract, decision_rule
 from serving import export, model_store
 from trainer import checkpoints, distribution, evaluation, input_pipeline, operating_point, optimization, preemption
 from trainer import model as model_lib
@@ -78,7 +78,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     cache: str = "auto"
     cache_budget_gb: float = 4.0
-    decision_rule: str = operating_point.ARGMAX  # See operating_point.parse_decision_rule.
+    decision_rule: str = decision_rule.ARGMAX  # See decision_rule.parse_decision_rule.
     seed: int = 42
 
 
@@ -345,10 +345,10 @@ def validation_metrics(model: keras.Model, val_data: tf.data.Dataset) -> dict[st
             "val_accuracy": metrics["accuracy"], "val_roc_auc": metrics["macro"]["roc_auc"]}
 
 
-def _decision_spec(text: str, val: input_pipeline.SplitData) -> operating_point.DecisionSpec:
+def _decision_spec(text: str, val: input_pipeline.SplitData) -> decision_rule.DecisionSpec:
     """The parsed `--decision_rule`, once val is known to hold what setting it needs."""
     try:
-        spec = operating_point.parse_decision_rule(text)
+        spec = decision_rule.parse_decision_rule(text)
         operating_point.check_decision_rule(spec, val.class_counts)
     except ValueError as error:
         raise input_pipeline.DataError(str(error)) from error
@@ -538,7 +538,7 @@ def _write_json_atomically(path: str, content: dict) -> None:
 
 def _evaluate_and_export(model: keras.Model, data: dict[str, input_pipeline.SplitData], val_data: tf.data.Dataset,
                          image_size: int, batch_size: int, paths: OutputPaths, run_description: dict,
-                         decision_spec: operating_point.DecisionSpec) -> dict[str, dict]:
+                         decision_spec: decision_rule.DecisionSpec) -> dict[str, dict]:
     """Fits the decision rule on val, applies it to val and test, and exports the model with it."""
     results = evaluation.predict(model, {"val": val_data,
                                          "test": input_pipeline.eval_dataset(data["test"], image_size, batch_size)})

@@ -15,7 +15,7 @@ import os
 if os.environ.get("CXR_CODEC_STUB_IMAGE"):
     import functools
 
-    from beam_pipelines import imaging
+    from cxr_core import imaging
 
     with open(os.environ["CXR_CODEC_STUB_IMAGE"], "rb") as _handle:
         _IMAGE_BYTES = _handle.read()

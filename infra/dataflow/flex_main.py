@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-PIPELINES = {"preprocess": "beam_pipelines.preprocess", "predict": "serving.batch_predict"}
+PIPELINES = {"preprocess": "beam_pipelines.preprocess", "predict": "beam_pipelines.batch_predict"}
 
 
 def main(argv: list[str]) -> None:

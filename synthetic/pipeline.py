@@ -4,7 +4,7 @@ There is no real X-ray data where this project is built and tested, so the demo,
 benchmark and the tests read sources written by this job, through the same readers as
 the real data. It is a Beam pipeline, so 30,000 1024² DICOMs are rendered in parallel:
 
-    python -m beam_pipelines.synthesize --output_dir /tmp/cxr --num_rsna 200 --num_covid 100
+    python -m synthetic --output_dir /tmp/cxr --num_rsna 200 --num_covid 100
 
 writes, under `--output_dir`:
 
@@ -42,7 +42,7 @@ from PIL import Image
 
 from beam_pipelines import sources
 from beam_pipelines.options import build_pipeline_options
-from beam_pipelines.synthesize import dicom_writer, phantom
+from synthetic import dicom_writer, phantom
 
 METRICS_NAMESPACE: Final = "synthesize"
 MIN_IMAGE_SIZE: Final = 32

@@ -8,7 +8,7 @@ was trained on.
 import keras
 import tensorflow as tf
 
-from beam_pipelines import contract
+from cxr_core import contract
 
 CHANNELS = 3  # ResNet50 (and its ImageNet weights) expects RGB input.
 
@@ -35,7 +35,7 @@ def decode_pixels(png: tf.Tensor, image_size: int) -> tf.Tensor:
     tf.debugging.assert_equal(
         tf.shape(image)[:2], tf.constant([image_size, image_size]),
         message=(f"the model takes {image_size}x{image_size} PNGs, as written by "
-                 f"beam_pipelines.imaging.preprocess_image(..., image_size={image_size})"))
+                 f"cxr_core.imaging.preprocess_image(..., image_size={image_size})"))
     return tf.ensure_shape(image, [image_size, image_size, 1])
 
 

@@ -13,7 +13,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from beam_pipelines import contract
+from cxr_core import contract
 
 MAX_ROTATION_DEGREES = 15.0
 ZOOM_RANGE = (0.9, 1.1)

@@ -62,13 +62,15 @@ METADATA_IMAGE_SIZE: Final = "image_size"
 METADATA_CLASS_NAMES: Final = "class_names"
 METADATA_PREPROCESSING_VERSION: Final = "preprocessing_version"
 METADATA_TRAINING_CONFIG: Final = "training_config"
-# JSON of `trainer.operating_point.DecisionRule` (`null` for a model exported without one);
+# JSON of `cxr_core.decision_rule.DecisionRule` (`null` for a model exported without one);
 # the signatures above already apply it to their outputs.
 METADATA_DECISION_RULE: Final = "decision_rule"
 # Version of the pixels a model sees: `imaging.preprocess_image` (file → uint8 square) and
-# `trainer.features.decode_image` (PNG → model input). Bump it when either changes, so a
+# `serving.features.decode_image` (PNG → model input). Bump it when either changes, so a
 # model trained on older pixels can be told apart.
 PREPROCESSING_VERSION: Final = 1
+# The served model's last convolutional block (ResNet50's), which Grad-CAM reads.
+FEATURE_LAYER: Final = "conv5_block3_out"
 
 
 def shard_pattern(split: str) -> str:

@@ -20,10 +20,10 @@ never from captured warnings, so decoding is thread-safe and the same in every
 running mode.
 
 Framing (`frame_body`): uniform borders are trimmed, then the body is centre-cropped
-to a square of its shorter side, then resized. Black padding to a square, the former
-rule, marked every non-square source with black bars, a cue a model learns instead
-of the disease (DeGrave, Janizek and Lee, Nature Machine Intelligence, 2021); any
-padding (black, mean, replicated edges) leaves such a band, cropping leaves none.
+to a square of its shorter side, then resized. Padding to a square would mark every
+non-square source with a band (black, mean or replicated edges), a cue a model learns
+instead of the disease (DeGrave, Janizek and Lee, Nature Machine Intelligence, 2021);
+cropping leaves none.
 """
 
 import dataclasses
@@ -38,6 +38,8 @@ import pydicom.pixels
 import pydicom.pixels.utils
 from PIL import Image, ImageOps
 from pydicom.uid import JPEGBaseline8Bit
+
+from cxr_core.rejection import UnusableInput
 
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
@@ -456,3 +458,14 @@ def _decode_bitmap(data: bytes, image_size: int, max_pixels: int) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageDecodeError(
             "not_an_image", f"not a readable DICOM, PNG or JPEG file ({type(error).__name__})") from error
+
+
+def preprocess_bytes(data: bytes, image_size: int, uri: str = "",
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """`preprocess_image`; every failure is an `UnusableInput`."""
+    try:
+        return preprocess_image(data, image_size, uri, max_pixels)
+    except ImageDecodeError as error:
+        raise UnusableInput("decode", error.kind, error.reason) from error
+    except Exception as error:  # a decoder bug must not fail the job: record it instead
+        raise UnusableInput("decode", "unexpected_error", f"{type(error).__name__}: {error}") from error

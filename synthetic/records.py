@@ -12,8 +12,9 @@ import hashlib
 import numpy as np
 import tensorflow as tf
 
-from beam_pipelines import contract, example_codec, imaging
-from beam_pipelines.synthesize import phantom
+from beam_pipelines import example_codec
+from cxr_core import contract, imaging
+from synthetic import phantom
 
 SOURCE = "synthetic"
 VIEW = "PA"

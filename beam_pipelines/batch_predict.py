@@ -33,9 +33,10 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tfx_bsl.public.beam.run_inference import CreateModelHandler
 from tfx_bsl.public.proto import model_spec_pb2
 
-from beam_pipelines import contract, imaging, reading, sources
+from beam_pipelines import reading, sources
 from beam_pipelines.options import build_pipeline_options
-from beam_pipelines.records import Rejection
+from cxr_core import contract, imaging
+from cxr_core.rejection import Rejection, UnusableInput
 from serving import model_store
 
 REJECTED = sources.REJECTED
@@ -130,7 +131,7 @@ class ReadAndEncodeFn(beam.DoFn):
     def process(self, uri: str) -> Iterator:
         try:
             decoded = reading.read_and_preprocess(uri, self._image_size)
-        except reading.UnusableInput as unusable:
+        except UnusableInput as unusable:
             yield _rejection(uri, self._source, unusable.stage, unusable.kind, unusable.reason)
             return
         self._encoded.inc()
