@@ -1,12 +1,15 @@
-"""Class-balanced, deterministic augmentation of training images.
+"""Every augmentation parameter, and the class-balanced, deterministic copies of training images.
 
-A class's multiplier is the total number of examples per source image, the
-original included. Each extra copy gets a random rotation (±15°), zoom (0.9–1.1)
-and brightness factor (0.8–1.2), the seed project's settings. The randomness is
-derived from (seed, image id, copy index) only, so a copy has the same bytes on any
-runner, worker or retry.
+The training set is augmented twice, with the ranges of `PARAMETERS`: offline, the
+preprocess job writes a class's extra copies of each image (`augment`, here, with numpy
+and Pillow); online, the trainer transforms every batch anew (`trainer.augment`, with
+TensorFlow, which this package may not import). A class's multiplier is the total number
+of examples per source image, the original included. Each extra copy gets a random
+rotation, zoom and brightness factor, derived from (seed, image id, copy index) only, so
+a copy has the same bytes on any runner, worker or retry.
 """
 
+import dataclasses
 import hashlib
 import math
 
@@ -15,9 +18,32 @@ from PIL import Image
 
 from cxr_core import contract
 
-MAX_ROTATION_DEGREES = 15.0
-ZOOM_RANGE = (0.9, 1.1)
-BRIGHTNESS_RANGE = (0.8, 1.2)
+
+@dataclasses.dataclass(frozen=True)
+class AugmentationParameters:
+    """The random ranges of the offline copies and of the online batches, in one place."""
+
+    # Patients lie or stand a little tilted on the detector. ±15° is the seed project's setting;
+    # REFLECT_MARGIN below assumes at most 45°. Offline and online.
+    max_rotation_degrees: float = 15.0
+    # Body size and distance to the detector vary; > 1 zooms in. The seed project's ±10%;
+    # REFLECT_MARGIN below assumes a smallest zoom of 0.9. Offline and online.
+    zoom_range: tuple[float, float] = (0.9, 1.1)
+    # Exposure varies between films: the copies' gray levels are multiplied by a factor in this
+    # range, the seed project's setting. Offline only.
+    offline_brightness_factor_range: tuple[float, float] = (0.8, 1.2)
+    # Framing already centres the body, so only a small offset remains to vary: up to this
+    # fraction of the side on each axis. Online only.
+    online_max_shift_fraction: float = 0.05
+    # Exposure again, per batch: an added shift of up to this fraction of the 8-bit range,
+    # on top of the copies' factor. Online only.
+    online_max_brightness_delta: float = 0.1
+    # Detectors and windowing differ in contrast: a factor around each image's own mean,
+    # as wide as the copies' brightness factor. Online only.
+    online_contrast_range: tuple[float, float] = (0.8, 1.2)
+
+
+PARAMETERS = AugmentationParameters()
 # A corner of the output maps at most (1/√2)/min zoom ≈ 0.79 of a side from the centre
 # (at 45°; 15° needs less), so a reflected margin of 0.3 of a side covers every copy.
 REFLECT_MARGIN = 0.3
@@ -59,9 +85,9 @@ def _rng(seed: int, image_id: str, copy_index: int) -> np.random.Generator:
 def augment(pixels: np.ndarray, seed: int, image_id: str, copy_index: int) -> np.ndarray:
     """One augmented copy of a uint8 grayscale square image; same inputs, same output."""
     rng = _rng(seed, image_id, copy_index)
-    angle = math.radians(rng.uniform(-MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES))
-    zoom = rng.uniform(*ZOOM_RANGE)
-    brightness = rng.uniform(*BRIGHTNESS_RANGE)
+    angle = math.radians(rng.uniform(-PARAMETERS.max_rotation_degrees, PARAMETERS.max_rotation_degrees))
+    zoom = rng.uniform(*PARAMETERS.zoom_range)
+    brightness = rng.uniform(*PARAMETERS.offline_brightness_factor_range)
     height, width = pixels.shape
     # Corners uncovered by the rotation are filled by reflecting the image, not with black:
     # black corners on most copies of the most-multiplied class would be a cue of its own.

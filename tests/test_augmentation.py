@@ -57,4 +57,4 @@ def test_copies_have_no_black_corners():
     """Rotated copies are filled by reflection: black corners would mark the most-copied class."""
     flat = np.full((32, 32), 200, dtype=np.uint8)
     darkest = min(int(augmentation.augment(flat, 1, "img", copy).min()) for copy in range(1, 50))
-    assert darkest >= int(200 * augmentation.BRIGHTNESS_RANGE[0]) - 1
+    assert darkest >= int(200 * augmentation.PARAMETERS.offline_brightness_factor_range[0]) - 1

@@ -1,10 +1,10 @@
 """Online augmentation of training batches: a new random transform at every step.
 
 The preprocess job's offline copies are fixed: each one is the same image in every
-epoch. On top of them, every training batch gets, per image, a random rotation
-within ±15°, a zoom in [0.9, 1.1], a shift of up to 5% of the side on each axis, a
-brightness shift of up to ±10% of the 8-bit range and a contrast factor in
-[0.8, 1.2]. No horizontal flips: they move the heart to the right, an anatomy the
+epoch. On top of them, every training batch gets, per image, a random rotation, zoom,
+shift, brightness shift and contrast factor, within the ranges of
+`cxr_core.augmentation.PARAMETERS`, which sets the offline copies' ranges too. No
+horizontal flips: they move the heart to the right, an anatomy the
 model should not be taught. Pixels the transform brings in from outside the image
 are reflected from inside it, so no border (black corners, a constant band) appears
 that could mark augmented images.
@@ -26,11 +26,8 @@ import math
 
 import tensorflow as tf
 
-MAX_ROTATION_DEGREES = 15.0
-ZOOM_RANGE = (0.9, 1.1)  # > 1 zooms in.
-MAX_SHIFT_FRACTION = 0.05
-MAX_BRIGHTNESS_DELTA = 0.1  # Of the 8-bit range.
-CONTRAST_RANGE = (0.8, 1.2)
+from cxr_core.augmentation import PARAMETERS
+
 PIXEL_RANGE = 255.0
 FILL_MODE = "REFLECT"
 
@@ -53,18 +50,19 @@ def augment_images(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
     angle_seed, zoom_seed, shift_seed, brightness_seed, contrast_seed = tf.unstack(
         tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=5))
-    max_angle = math.radians(MAX_ROTATION_DEGREES)
+    max_angle = math.radians(PARAMETERS.max_rotation_degrees)
     angles = tf.random.stateless_uniform([batch], angle_seed, -max_angle, max_angle)
-    zooms = tf.random.stateless_uniform([batch], zoom_seed, *ZOOM_RANGE)
-    shifts = tf.random.stateless_uniform([batch, 2], shift_seed, -MAX_SHIFT_FRACTION, MAX_SHIFT_FRACTION)
+    zooms = tf.random.stateless_uniform([batch], zoom_seed, *PARAMETERS.zoom_range)
+    max_shift = PARAMETERS.online_max_shift_fraction
+    shifts = tf.random.stateless_uniform([batch, 2], shift_seed, -max_shift, max_shift)
     transforms = affine_transforms(angles, zooms, shifts[:, 0] * width, shifts[:, 1] * height, height, width)
     pixels = tf.raw_ops.ImageProjectiveTransformV3(
         images=pixels, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
         interpolation="BILINEAR", fill_mode=FILL_MODE)
 
-    brightness = tf.random.stateless_uniform(
-        [batch, 1, 1, 1], brightness_seed, -MAX_BRIGHTNESS_DELTA, MAX_BRIGHTNESS_DELTA) * PIXEL_RANGE
-    contrast = tf.random.stateless_uniform([batch, 1, 1, 1], contrast_seed, *CONTRAST_RANGE)
+    max_delta = PARAMETERS.online_max_brightness_delta
+    brightness = tf.random.stateless_uniform([batch, 1, 1, 1], brightness_seed, -max_delta, max_delta) * PIXEL_RANGE
+    contrast = tf.random.stateless_uniform([batch, 1, 1, 1], contrast_seed, *PARAMETERS.online_contrast_range)
     mean = tf.reduce_mean(pixels, axis=[1, 2], keepdims=True)
     pixels = (pixels - mean) * contrast + mean + brightness
     if images.dtype == tf.uint8:
