@@ -33,13 +33,13 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tfx_bsl.public.beam.run_inference import CreateModelHandler
 from tfx_bsl.public.proto import model_spec_pb2
 
-from beam_pipelines import reading, sources
+from beam_pipelines import label_files, reading, sources
 from beam_pipelines.options import build_pipeline_options
+from beam_pipelines.rejections import REJECTED, reject
 from cxr_core import contract, imaging
 from cxr_core.rejection import Rejection, UnusableInput
 from serving import model_store
 
-REJECTED = sources.REJECTED
 METRICS_NAMESPACE = "predict"
 CSV_URI_COLUMN = "image_uri"
 GLOB_SOURCE = "glob"
@@ -88,12 +88,6 @@ def _counter(name: str) -> beam.metrics.metricbase.Counter:
     return beam.metrics.Metrics.counter(METRICS_NAMESPACE, name)
 
 
-def _rejection(uri: str, source: str, stage: str, kind: str, reason: str) -> beam.pvalue.TaggedOutput:
-    _counter("rejected").inc()
-    beam.metrics.Metrics.counter(stage, kind).inc()
-    return beam.pvalue.TaggedOutput(REJECTED, Rejection(source=source, stage=stage, kind=kind, reason=reason, uri=uri))
-
-
 class ListInputsFn(beam.DoFn):
     """A glob → the files it matches; a CSV → the uris of its `image_uri` column.
 
@@ -102,6 +96,7 @@ class ListInputsFn(beam.DoFn):
 
     def __init__(self):
         self._listed = _counter("inputs_listed")
+        self._rejected = _counter("rejected")
 
     def process(self, input_pattern: str) -> Iterator:
         if not lists_uris(input_pattern):
@@ -110,14 +105,15 @@ class ListInputsFn(beam.DoFn):
                     self._listed.inc()
                     yield metadata.path
             return
-        _, rows = sources.read_csv_rows(input_pattern)
+        _, rows = label_files.read_csv_rows(input_pattern)
         for row in rows:
             self._listed.inc()
             uri = row.get(CSV_URI_COLUMN, "")
             if not uri:
-                yield _rejection(input_pattern, sources.CSV, "read", "empty_uri", "a row has no image_uri")
+                yield reject(Rejection(source=sources.CSV, stage="read", kind="empty_uri",
+                                       reason="a row has no image_uri", uri=input_pattern), self._rejected)
                 continue
-            yield sources.resolve_listed_uri(uri, input_pattern)
+            yield label_files.resolve_listed_uri(uri, input_pattern)
 
 
 class ReadAndEncodeFn(beam.DoFn):
@@ -127,12 +123,14 @@ class ReadAndEncodeFn(beam.DoFn):
         self._image_size = image_size
         self._source = source
         self._encoded = _counter("images_encoded")
+        self._rejected = _counter("rejected")
 
     def process(self, uri: str) -> Iterator:
         try:
             decoded = reading.read_and_preprocess(uri, self._image_size)
         except UnusableInput as unusable:
-            yield _rejection(uri, self._source, unusable.stage, unusable.kind, unusable.reason)
+            yield reject(Rejection(source=self._source, stage=unusable.stage, kind=unusable.kind,
+                                   reason=unusable.reason, uri=uri), self._rejected)
             return
         self._encoded.inc()
         yield uri, serving_example(imaging.encode_png(decoded.pixels))
@@ -210,7 +208,7 @@ def input_problem(input_pattern: str) -> str | None:
     if lists_uris(input_pattern):
         if not FileSystems.exists(input_pattern):
             return f"{input_pattern} does not exist"
-        header, _ = sources.read_csv_rows(input_pattern)
+        header, _ = label_files.read_csv_rows(input_pattern)
         return None if CSV_URI_COLUMN in header else f"{input_pattern} has no {CSV_URI_COLUMN} column"
     if not FileSystems.match([input_pattern], limits=[1])[0].metadata_list:
         return f"{input_pattern} matches no files"

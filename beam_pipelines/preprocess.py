@@ -19,10 +19,11 @@ from collections.abc import Iterable, Iterator
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines import example_codec, reading, sources, splitting, storage
+from beam_pipelines import example_codec, reading, selection, sources, splitting, storage
 from beam_pipelines.manifest import WriteManifestFn, format_summary, read_manifest
 from beam_pipelines.options import build_pipeline_options, configure_logging
 from beam_pipelines.records import Listing, PreparedImage, SourceImage
+from beam_pipelines.rejections import REJECTED, reject
 from beam_pipelines.tfrecord_shards import (
     DEFAULT_MIN_TRAIN_SHARDS,
     DEFAULT_TARGET_SHARD_MB,
@@ -32,7 +33,6 @@ from beam_pipelines.tfrecord_shards import (
 from cxr_core import augmentation, contract, imaging
 from cxr_core.rejection import Rejection, UnusableInput, listing_location
 
-REJECTED = sources.REJECTED
 PROGRESS_EVERY = 500
 DEFAULT_SEED = 42
 # Shards are written here and moved into the output dir with the manifest (manifest.py).
@@ -76,8 +76,9 @@ class ReadAndPrepareFn(beam.DoFn):
         except UnusableInput as unusable:
             yield self._reject(image, image_id, unusable.stage, unusable.kind, unusable.reason)
             return
-        if problem := sources.header_problem(decoded.view, decoded.modality, self._allowed_views):
-            yield self._reject(image, image_id, "select", *problem)
+        verdict = selection.header_verdict(image.label, decoded.view, decoded.modality, self._allowed_views)
+        if not verdict.accepted:
+            yield self._reject(image, image_id, verdict.stage, verdict.kind, verdict.reason)
             return
         for note in decoded.notes:
             beam.metrics.Metrics.counter("notes", note).inc()
@@ -97,12 +98,10 @@ class ReadAndPrepareFn(beam.DoFn):
             line=image.line,
             notes=decoded.notes)
 
-    def _reject(self, image: SourceImage, image_id: str, stage: str, kind: str, reason: str):
-        self._rejected.inc()
-        beam.metrics.Metrics.counter(stage, kind).inc()
-        return beam.pvalue.TaggedOutput(REJECTED, Rejection(
-            source=image.source, stage=stage, kind=kind, reason=reason, image_id=image_id,
-            listing=image.listing, line=image.line))
+    def _reject(self, image: SourceImage, image_id: str, stage: str, kind: str,
+                reason: str) -> beam.pvalue.TaggedOutput:
+        return reject(Rejection(source=image.source, stage=stage, kind=kind, reason=reason, image_id=image_id,
+                                listing=image.listing, line=image.line), self._rejected)
 
 
 def listing_of(image: PreparedImage) -> tuple[str, Listing]:
@@ -153,10 +152,8 @@ class DropDuplicatesFn(beam.DoFn):
             yield image
             return
         kind, reason = verdict
-        beam.metrics.Metrics.counter("dedupe", kind).inc()
-        yield beam.pvalue.TaggedOutput(REJECTED, Rejection(
-            source=image.source, stage="dedupe", kind=kind, reason=reason, image_id=image.image_id,
-            listing=image.listing, line=image.line))
+        yield reject(Rejection(source=image.source, stage="dedupe", kind=kind, reason=reason, image_id=image.image_id,
+                               listing=image.listing, line=image.line))
 
 
 class DropDuplicateImages(beam.PTransform):
@@ -228,7 +225,7 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
     fractions = splitting.parse_split(args.split)
     configured_multipliers = augmentation.parse_multipliers(args.augment)
     patient_key = patient_key_of(args)
-    allowed_views = sources.parse_allowed_views(args.allowed_views)
+    allowed_views = selection.parse_allowed_views(args.allowed_views)
     listed = pipeline | "ListSources" >> ListSources(args.rsna_dir, args.covid_dir, args.csv, args.rsna_not_normal,
                                                      patient_key, allowed_views)
 
@@ -314,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--augment", default=augmentation.DEFAULT_MULTIPLIERS,
                         help="Examples per train image, original included: class=N pairs, or 'auto'.")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="Seed of the augmentation randomness.")
-    parser.add_argument("--rsna_not_normal", choices=sources.NOT_NORMAL_POLICIES, default="exclude",
+    parser.add_argument("--rsna_not_normal", choices=selection.NOT_NORMAL_POLICIES, default="exclude",
                         help="What RSNA 'No Lung Opacity / Not Normal' patients become.")
     parser.add_argument("--patient_key",
                         help="Secret key (at least 16 characters) of the patient-id hash that makes the "
@@ -327,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Largest image accepted, in megapixels per frame (DICOM pixel data may take "
                              f"{imaging.PIXEL_BYTES_PER_ALLOWED_PIXEL} bytes per allowed pixel); checked from the "
                              "header before decoding. Larger ones are rejected as image_too_large.")
-    parser.add_argument("--allowed_views", default=sources.DEFAULT_ALLOWED_VIEWS,
+    parser.add_argument("--allowed_views", default=selection.DEFAULT_ALLOWED_VIEWS,
                         help="Comma-separated views used for training, from the listing or the DICOM "
                              "ViewPosition; others (laterals L, LL, RL, ...) are rejected as view_not_allowed. "
                              "Images whose CSV and header state no view are kept.")
@@ -361,7 +358,7 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     try:
         splitting.parse_split(args.split)
         augmentation.parse_multipliers(args.augment)
-        sources.parse_allowed_views(args.allowed_views)
+        selection.parse_allowed_views(args.allowed_views)
     except ValueError as error:
         parser.error(str(error))
     if problem := splitting.patient_key_problem(patient_key_of(args)):

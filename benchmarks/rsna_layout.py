@@ -25,7 +25,7 @@ import numpy as np
 import pydicom
 from pydicom import uid
 
-from beam_pipelines import sources
+from beam_pipelines import selection, sources
 from synthetic import dicom_writer, phantom
 from synthetic import pipeline as synthesize
 
@@ -86,9 +86,9 @@ def write_layout(root: str, seed: int = 2026) -> str:
     os.makedirs(images_dir, exist_ok=True)
     pool = _pool(seed)
     rng = np.random.default_rng((seed, len(pool)))
-    patients = ([(sources.RSNA_NORMAL, "normal", 1)] * NORMAL_PATIENTS
-                + [(sources.RSNA_NOT_NORMAL, "not_normal", 1)] * NOT_NORMAL_PATIENTS
-                + [(sources.RSNA_OPACITY, "pneumonia", boxes)
+    patients = ([(selection.RSNA_NORMAL, "normal", 1)] * NORMAL_PATIENTS
+                + [(selection.RSNA_NOT_NORMAL, "not_normal", 1)] * NOT_NORMAL_PATIENTS
+                + [(selection.RSNA_OPACITY, "pneumonia", boxes)
                    for boxes, count in OPACITY_PATIENTS_BY_BOXES.items() for _ in range(count)])
     order = rng.permutation(len(patients))
     label_rows, class_rows = [], []
@@ -119,7 +119,7 @@ def used_images(rsna_dir: str) -> list[dict]:
     """The images the preprocess job uses by default (normal and pneumonia patients), sorted."""
     with open(os.path.join(rsna_dir, sources.RSNA_CLASS_INFO_FILE)) as handle:
         classes = {row["patientId"]: row["class"] for row in csv.DictReader(handle)}
-    labels = {sources.RSNA_NORMAL: "normal", sources.RSNA_OPACITY: "pneumonia"}
+    labels = {selection.RSNA_NORMAL: "normal", selection.RSNA_OPACITY: "pneumonia"}
     images_dir = os.path.join(os.path.abspath(rsna_dir), sources.RSNA_IMAGES_DIR)
     return [{"image_uri": os.path.join(images_dir, f"{patient}.dcm"), "label": labels[name], "patient_id": patient}
             for patient, name in sorted(classes.items()) if name in labels]

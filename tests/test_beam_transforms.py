@@ -5,6 +5,7 @@ its output checked with `assert_that`. The whole jobs are tested in test_preproc
 and test_serving.py; these tests name the stage that broke.
 """
 
+import collections
 import glob
 import json
 import os
@@ -16,7 +17,16 @@ import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from beam_pipelines import batch_predict, manifest, preprocess, sources, splitting, tfrecord_shards
+from beam_pipelines import (
+    batch_predict,
+    manifest,
+    preprocess,
+    rejections,
+    selection,
+    sources,
+    splitting,
+    tfrecord_shards,
+)
 from beam_pipelines.records import PreparedImage, SourceImage
 from cxr_core import contract, imaging
 from cxr_core.rejection import Rejection
@@ -25,7 +35,7 @@ from synthetic import phantom
 IMAGE_SIZE = 32
 FRACTIONS = {"train": 1.0, "val": 0.0, "test": 0.0}
 KEY = splitting.PatientKey(value="transform-test-key-of-enough-length")
-VIEWS = sources.parse_allowed_views(sources.DEFAULT_ALLOWED_VIEWS)
+VIEWS = selection.parse_allowed_views(selection.DEFAULT_ALLOWED_VIEWS)
 
 
 def chest_png(tmp_path, name: str, label: str = "normal") -> str:
@@ -57,10 +67,10 @@ def test_read_and_prepare_decodes_good_files_and_rejects_the_rest(beam_pipeline,
                    | beam.Create(listed)
                    | beam.ParDo(preprocess.ReadAndPrepareFn(
                        IMAGE_SIZE, KEY, FRACTIONS, imaging.DEFAULT_MAX_PIXELS, VIEWS)).with_outputs(
-                       preprocess.REJECTED, main="prepared"))
+                       rejections.REJECTED, main="prepared"))
         assert_that(results.prepared | beam.Map(lambda image: (image.split, image.label, image.pixels.shape)),
                     equal_to([("train", "normal", (IMAGE_SIZE, IMAGE_SIZE))]), label="Prepared")
-        assert_that(results[preprocess.REJECTED] | beam.Map(lambda rejection: (rejection.stage, rejection.kind)),
+        assert_that(results[rejections.REJECTED] | beam.Map(lambda rejection: (rejection.stage, rejection.kind)),
                     equal_to([("read", "missing_file"), ("decode", "not_an_image")]), label="Rejected")
 
 
@@ -161,7 +171,7 @@ def test_list_sources_flattens_every_configured_source(beam_pipeline, tmp_path):
         listed = pipeline | preprocess.ListSources(None, None, str(listing), "exclude", KEY, VIEWS)
         assert_that(listed["images"] | beam.Map(lambda image: image.label), equal_to(["normal", "covid19"]),
                     label="Images")
-        assert_that(listed[preprocess.REJECTED] | beam.Map(lambda rejection: rejection.stage), equal_to(["label"]),
+        assert_that(listed[rejections.REJECTED] | beam.Map(lambda rejection: rejection.stage), equal_to(["label"]),
                     label="Rejected")
 
 
@@ -192,10 +202,10 @@ def test_prediction_inputs_are_listed_from_a_glob_or_a_csv(beam_pipeline, tmp_pa
     with beam_pipeline as pipeline:
         listed = (pipeline
                   | beam.Create([str(tmp_path / "*.png"), str(listing)])
-                  | beam.ParDo(batch_predict.ListInputsFn()).with_outputs(batch_predict.REJECTED, main="uris"))
+                  | beam.ParDo(batch_predict.ListInputsFn()).with_outputs(rejections.REJECTED, main="uris"))
         assert_that(listed.uris, equal_to([str(tmp_path / "x.png"), str(tmp_path / "y.png"),
                                            str(tmp_path / "x.png")]), label="Uris")
-        assert_that(listed[batch_predict.REJECTED] | beam.Map(lambda rejection: rejection.kind),
+        assert_that(listed[rejections.REJECTED] | beam.Map(lambda rejection: rejection.kind),
                     equal_to(["empty_uri"]), label="Rejected")
 
 
@@ -205,11 +215,11 @@ def test_prediction_reader_encodes_what_training_decodes_and_rejects_the_rest(be
         results = (pipeline
                    | beam.Create([good, str(tmp_path / "absent.png")])
                    | beam.ParDo(batch_predict.ReadAndEncodeFn(IMAGE_SIZE, batch_predict.GLOB_SOURCE)).with_outputs(
-                       batch_predict.REJECTED, main="examples"))
+                       rejections.REJECTED, main="examples"))
         expected_png = imaging.encode_png(imaging.preprocess_image(open(good, "rb").read(), IMAGE_SIZE).pixels)
         assert_that(results.examples, equal_to([(good, batch_predict.serving_example(expected_png))]),
                     label="Examples")
-        assert_that(results[batch_predict.REJECTED] | beam.Map(lambda rejection: (rejection.stage, rejection.kind)),
+        assert_that(results[rejections.REJECTED] | beam.Map(lambda rejection: (rejection.stage, rejection.kind)),
                     equal_to([("read", "missing_file")]), label="Rejected")
 
 
@@ -220,6 +230,39 @@ def test_rejections_serialise_to_one_json_object():
                                                "source": sources.CSV, "stage": "decode",
                                                "kind": "not_an_image", "reason": "not a readable image"}
     assert rejection.counter_key == "decode/not_an_image"
+
+
+class RejectOddFn(beam.DoFn):
+    """Rejects odd numbers with a total of its own and multiples of 4 without one; passes the rest."""
+
+    def __init__(self):
+        self._odd = beam.metrics.Metrics.counter("test", "odd_rejected")
+
+    def process(self, number: int):
+        if number % 2:
+            yield rejections.reject(Rejection(source=sources.CSV, stage="label", kind="odd", reason="an odd number",
+                                              line=number), self._odd)
+        elif number % 4 == 0:
+            yield rejections.reject(Rejection(source=sources.CSV, stage="select", kind="four",
+                                              reason="a multiple of 4", line=number))
+        else:
+            yield number
+
+
+def test_reject_counts_each_rejection_and_tags_it_for_the_rejected_output(beam_pipeline):
+    results = (beam_pipeline
+               | beam.Create([1, 2, 3, 4, 5, 6])
+               | beam.ParDo(RejectOddFn()).with_outputs(rejections.REJECTED, main="kept"))
+    assert_that(results.kept, equal_to([2, 6]), label="Kept")
+    assert_that(results[rejections.REJECTED] | beam.Map(lambda rejection: (rejection.line, rejection.counter_key)),
+                equal_to([(1, "label/odd"), (3, "label/odd"), (5, "label/odd"), (4, "select/four")]),
+                label="Rejected")
+    result = beam_pipeline.run()
+    result.wait_until_finish()
+    counters = collections.Counter()
+    for counter in result.metrics().query()["counters"]:
+        counters[f"{counter.key.metric.namespace}/{counter.key.metric.name}"] += counter.committed
+    assert counters == {"label/odd": 3, "test/odd_rejected": 3, "select/four": 1}
 
 
 def test_shard_writer_writes_one_shard_in_record_order(beam_pipeline, tmp_path):

@@ -260,7 +260,7 @@ def test_predict_template_parameters_are_the_job_flags():
 
 
 def test_preprocess_template_rejects_what_the_job_rejects():
-    from beam_pipelines import preprocess, sources, splitting
+    from beam_pipelines import preprocess, selection, splitting
     from cxr_core import augmentation
 
     declared = parameters("preprocess")
@@ -269,7 +269,7 @@ def test_preprocess_template_rejects_what_the_job_rejects():
         if name in declared and action.default is not None:
             assert matches_regexes(declared[name], str(action.default)), (name, action.default)
     assert [option["value"] for option in declared["rsna_not_normal"]["enumOptions"]] == list(
-        sources.NOT_NORMAL_POLICIES)
+        selection.NOT_NORMAL_POLICIES)
 
     for good in ["auto", "normal=2,pneumonia=2,covid19=30", "covid19=5,normal=1,pneumonia=3"]:
         augmentation.parse_multipliers(good)

@@ -18,7 +18,7 @@ import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 from pydicom.data import get_testdata_file
 
-from beam_pipelines import preprocess, sources, splitting
+from beam_pipelines import preprocess, rejections, selection, splitting
 from beam_pipelines.options import build_pipeline_options
 from beam_pipelines.records import PreparedImage, SourceImage
 from cxr_core import contract, imaging
@@ -294,7 +294,7 @@ def test_translates_to_a_dataflow_job_offline(raw_dir, tmp_path):
 # The job's own DoFns and composites, one by one ------------------------------------------------
 
 FRACTIONS = splitting.parse_split("0.8,0.1,0.1")
-FRONTAL = sources.parse_allowed_views(sources.DEFAULT_ALLOWED_VIEWS)
+FRONTAL = selection.parse_allowed_views(selection.DEFAULT_ALLOWED_VIEWS)
 
 
 def listed(uri: str, line: int, image_key: str = "", label: str = "normal", patient: str = "p") -> SourceImage:
@@ -329,12 +329,12 @@ def test_read_and_prepare_keeps_frontal_radiographs_and_rejects_the_rest(beam_pi
     with beam_pipeline as pipeline:
         result = (pipeline | beam.Create(images) | beam.ParDo(preprocess.ReadAndPrepareFn(
             IMAGE_SIZE, key, FRACTIONS, max_pixels=1000 * 1000, allowed_views=FRONTAL)).with_outputs(
-                preprocess.REJECTED, main="prepared"))
+                rejections.REJECTED, main="prepared"))
         assert_that(result.prepared | beam.Map(lambda image: (
             image.line, image.image_id, image.content_hash, image.view, image.pixels.shape)), equal_to([
                 (2, image_id("pa.dcm"), hashlib.sha256(data).hexdigest(), "PA", (IMAGE_SIZE, IMAGE_SIZE))]),
             label="Prepared")
-        assert_that(result[preprocess.REJECTED] | beam.Map(
+        assert_that(result[rejections.REJECTED] | beam.Map(
             lambda item: (item.line, item.stage, item.kind, item.image_id)), equal_to([
                 (3, "select", "view_not_allowed", image_id("lateral.dcm")),
                 (4, "select", "not_xray", image_id("ct.dcm")),
@@ -375,7 +375,7 @@ def test_duplicates_are_used_once_and_conflicting_listings_not_at_all(beam_pipel
         result = pipeline | beam.Create(images) | preprocess.DropDuplicateImages()
         assert_that(result.unique | beam.Map(lambda image: (image.source, image.line)), equal_to([
             ("csv", 2), ("csv", 3), ("covid", 9)]), label="Unique")
-        assert_that(result[preprocess.REJECTED] | beam.Map(
+        assert_that(result[rejections.REJECTED] | beam.Map(
             lambda item: (item.source, item.line, item.stage, item.kind)), equal_to([("csv", 4, "dedupe", "duplicate"),
                               ("csv", 5, "dedupe", "duplicate_conflict"), ("csv", 6, "dedupe", "duplicate_conflict"),
                               ("csv", 7, "dedupe", "duplicate_conflict"), ("csv", 8, "dedupe", "duplicate_conflict"),

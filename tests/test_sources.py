@@ -1,4 +1,9 @@
-"""The three source layouts, read as published, with every unusable row accounted for."""
+"""The three source layouts, read as published, with every unusable row accounted for.
+
+Which rows are used and as which class is tested in test_selection.py, how label files
+are parsed in test_label_files.py; here each reader runs as a Beam transform, and the
+checks before launch name every broken label file.
+"""
 
 import codecs
 import csv
@@ -8,11 +13,11 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_pipelines import sources, splitting
+from beam_pipelines import label_files, rejections, selection, sources, splitting
 from beam_pipelines.records import SourceImage
 
 KEY = splitting.PatientKey("test-patient-key-0123456789")
-FRONTAL = sources.parse_allowed_views(sources.DEFAULT_ALLOWED_VIEWS)
+FRONTAL = selection.parse_allowed_views(selection.DEFAULT_ALLOWED_VIEWS)
 
 
 def write_csv(path, header, rows):
@@ -27,7 +32,7 @@ def read_source(pipeline, location, parse_fn):
     result = pipeline | sources.ReadSource(location, parse_fn)
     images = result.images | "ImageTuples" >> beam.Map(
         lambda image: (image.patient_id, image.label, os.path.basename(image.image_uri), image.view))
-    rejected = result[sources.REJECTED] | "RejectTuples" >> beam.Map(
+    rejected = result[rejections.REJECTED] | "RejectTuples" >> beam.Map(
         lambda item: (item.listing, item.line, item.stage, item.kind))
     return images, rejected
 
@@ -93,6 +98,19 @@ def covid_later_row(patient, finding, view, modality, filename):
     row.update({"patientid": patient, "finding": finding, "view": view, "modality": modality,
                 "folder": "images", "filename": filename})
     return [row[name] for name in COVID_LATER_HEADER]
+
+
+def test_the_rsna_listing_gives_each_patient_its_verdict_at_its_first_row(rsna_dir):
+    listed = [(row.line, row.image_key, row.verdict) for row in sources.list_rsna(rsna_dir, "exclude")]
+    assert listed == [
+        (2, "stage_2_train_images/p-normal.dcm", selection.Verdict.accept("normal")),
+        (3, "stage_2_train_images/p-four-boxes.dcm", selection.Verdict.accept("pneumonia")),
+        (7, "stage_2_train_images/p-not-normal.dcm", selection.Verdict.reject(
+            "select", "excluded_not_normal",
+            "'No Lung Opacity / Not Normal' is excluded (--rsna_not_normal=pneumonia includes it)")),
+        (8, "stage_2_train_images/p-conflict.dcm", selection.Verdict.reject(
+            "label", "invalid_target", "Target values ['0', '1'] are not a single 0 or 1")),
+    ]
 
 
 def test_covid_2020_header_generation(beam_pipeline, tmp_path):
@@ -163,18 +181,8 @@ def test_csv_source_resolves_relative_uris_and_rejects_unknown_labels(beam_pipel
             SourceImage("csv", "gs://bucket/b.png", "gs://bucket/b.png", "8", "normal", "", "--csv", 3),
             SourceImage("csv", "/abs/c.jpg", "/abs/c.jpg", "9", "pneumonia", "AP", "--csv", 4),
         ]), label="Images")
-        assert_that(result[sources.REJECTED] | beam.Map(lambda item: (item.kind, item.stage, item.line)), equal_to([
+        assert_that(result[rejections.REJECTED] | beam.Map(lambda item: (item.kind, item.stage, item.line)), equal_to([
             ("unknown_label", "label", 5), ("missing_patient_id", "label", 6)]), label="Rejected")
-
-
-@pytest.mark.parametrize("finding, expected", [
-    ("Pneumonia/Viral/COVID-19", "covid19"), ("COVID-19", "covid19"), ("No Finding", "normal"),
-    ("Pneumonia/Bacterial/Streptococcus", "pneumonia"), ("Legionella", "pneumonia"),
-    ("Pneumonia/Lipoid", ("non_infective_finding", "finding 'Pneumonia/Lipoid' is not an infection")),
-    ("todo", ("unlabelled_finding", "finding 'todo' is not a diagnosis")),
-])
-def test_covid_finding_classes(finding, expected):
-    assert sources.covid_finding_class(finding) == expected
 
 
 def test_source_problems_name_missing_files_and_columns(tmp_path):
@@ -191,7 +199,7 @@ def test_source_problems_name_missing_files_and_columns(tmp_path):
 def rejected_rows(pipeline, location, parse_fn):
     """(listing, line, stage, kind) of every rejection, and the reasons, which must not echo ids."""
     result = pipeline | sources.ReadSource(location, parse_fn)
-    return result, result[sources.REJECTED] | "Where" >> beam.Map(
+    return result, result[rejections.REJECTED] | "Where" >> beam.Map(
         lambda item: (item.listing, item.line, item.stage, item.kind))
 
 
@@ -220,7 +228,7 @@ def test_csv_rows_with_wrong_fields_unknown_labels_or_placeholder_patients_are_r
             ("--csv", 8, "label", "missing_patient_id"), ("--csv", 9, "label", "missing_patient_id"),
             ("--csv", 10, "label", "missing_patient_id"), ("--csv", 11, "label", "missing_image"),
         ]), label="Rejected")
-        assert_that(result[sources.REJECTED] | "Texts" >> beam.Map(lambda item: item.to_json()),
+        assert_that(result[rejections.REJECTED] | "Texts" >> beam.Map(lambda item: item.to_json()),
                     lambda lines: _assert_no_identifier(lines, ["patient-", "img/", str(tmp_path)]),
                     label="NoIdentifiers")
 
@@ -287,21 +295,11 @@ def test_views_outside_the_allowed_ones_are_rejected_for_csv_sources(beam_pipeli
                     "e.png,normal,5,\nf.png,normal,6,rl\n")
     with beam_pipeline as pipeline:
         result, rejected = rejected_rows(pipeline, str(path), sources.ParseLabelCsvFn(
-            KEY, sources.parse_allowed_views("PA, ll")))
+            KEY, selection.parse_allowed_views("PA, ll")))
         assert_that(result.images | beam.Map(lambda image: (image.image_key, image.view)), equal_to([
             ("a.png", "PA"), ("c.png", "LL"), ("e.png", "")]), label="Images")
         assert_that(rejected, equal_to([("--csv", line, "select", "view_not_allowed") for line in (3, 5, 7)]),
                     label="Rejected")
-
-
-@pytest.mark.parametrize("view, modality, expected", [
-    ("PA", "CR", None), ("AP", "DX", None), ("", "", None),
-    ("LL", "CR", "view_not_allowed"), ("LATERAL", "DX", "view_not_allowed"), ("RL", "", "view_not_allowed"),
-    ("PA", "CT", "not_xray"), ("", "MR", "not_xray"),
-])
-def test_dicom_header_views_and_modalities(view, modality, expected):
-    problem = sources.header_problem(view, modality, FRONTAL)
-    assert (problem[0] if problem else None) == expected
 
 
 # Label files that cannot be read row by row fail before the job starts -------------------------
@@ -318,13 +316,6 @@ def test_a_utf16_file_is_named_before_launch(tmp_path):
     path = tmp_path / "own.csv"
     path.write_bytes(codecs.BOM_UTF16_LE + "image_uri,label,patient_id\na.png,normal,1\n".encode("utf-16-le"))
     assert sources.source_problems(None, None, str(path)) == [f"{path} is UTF-16 text; save it as UTF-8"]
-
-
-def test_a_utf8_bom_is_fine(tmp_path):
-    path = tmp_path / "own.csv"
-    path.write_bytes(codecs.BOM_UTF8 + b"image_uri,label,patient_id\na.png,normal,1\n")
-    assert sources.source_problems(None, None, str(path)) == []
-    assert sources.read_label_file(str(path)).header == ("image_uri", "label", "patient_id")
 
 
 @pytest.mark.parametrize("text, opened_on", [
@@ -345,7 +336,7 @@ def test_a_quoted_line_break_in_free_text_is_kept(tmp_path):
     write_csv(str(root / "metadata.csv"), COVID_LATER_HEADER, [row, covid_later_row("2", "No Finding", "PA",
                                                                                       "X-ray", "b.jpg")])
     assert sources.source_problems(None, str(root), None) == []
-    rows = sources.read_label_file(str(root / "metadata.csv")).rows
+    rows = label_files.read_label_file(str(root / "metadata.csv")).rows
     assert [row.line for row in rows] == [2, 4]
 
 
@@ -361,8 +352,3 @@ def test_every_label_file_has_its_columns_checked_before_launch(tmp_path):
         f"{rsna}/{sources.RSNA_CLASS_INFO_FILE} lacks columns ['class']",
         f"{covid}/metadata.csv lacks columns ['filename']",
     ]
-
-
-def test_the_fast_line_break_check_knows_every_break_that_splitlines_knows():
-    breaks = {char for char in map(chr, range(0x110000)) if len(f"a{char}b".splitlines()) > 1}
-    assert breaks == {char for char in map(chr, range(0x110000)) if sources._LINE_BOUNDARY.search(char)}
