@@ -65,7 +65,8 @@ def weighted_confusion(weights: np.ndarray, labels: np.ndarray, predicted: np.nd
 def weighted_roc_auc(weights: np.ndarray, is_positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """[resamples] areas under the ROC curve (Mann–Whitney, ties count half); NaN without both classes.
 
-    With all weights 1 this is the trapezoid area under `evaluation.roc_curve`.
+    Each row equals `sklearn.metrics.roc_auc_score` with that row as `sample_weight` (to
+    within rounding), computed for every resample at once.
     """
     order = np.argsort(np.asarray(scores), kind="mergesort")
     sorted_scores = np.asarray(scores)[order]
