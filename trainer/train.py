@@ -44,7 +44,9 @@ from absl import logging
 from cxr_core import contract, decision_rule
 from serving import export, model_store
 from trainer import checkpoints, distribution, evaluation, input_pipeline, operating_point, optimization, preemption
+from trainer import metrics as metrics_lib
 from trainer import model as model_lib
+from trainer import report
 
 CONFIG_FILE = "config.json"
 GIGABYTE = 1024 ** 3
@@ -339,10 +341,10 @@ def describe_run(config: TrainConfig, strategy: tf.distribute.Strategy, settings
 def validation_metrics(model: keras.Model, val_data: tf.data.Dataset) -> dict[str, float | None]:
     """The per-epoch validation: loss, accuracy and macro ROC-AUC on the val originals."""
     predictions = evaluation.predict(model, {"val": val_data})["val"]
-    metrics = evaluation.classification_metrics(predictions.labels, predictions.probabilities)
+    metrics = metrics_lib.classification_metrics(predictions.labels, predictions.probabilities)
     true_class = predictions.probabilities[np.arange(len(predictions.labels)), predictions.labels]
     return {"val_loss": float(-np.mean(np.log(np.clip(true_class, keras.config.epsilon(), 1.0)))),
-            "val_accuracy": metrics["accuracy"], "val_roc_auc": metrics["macro"]["roc_auc"]}
+            "val_accuracy": metrics.accuracy.value, "val_roc_auc": metrics.macro.roc_auc.value}
 
 
 def _decision_spec(text: str, val: input_pipeline.SplitData) -> decision_rule.DecisionSpec:
@@ -544,9 +546,9 @@ def _evaluate_and_export(model: keras.Model, data: dict[str, input_pipeline.Spli
                                          "test": input_pipeline.eval_dataset(data["test"], image_size, batch_size)})
     rule = operating_point.choose_decision_rule(decision_spec, results["val"].labels, results["val"].probabilities,
                                                 data["train"].class_counts)
-    metrics = evaluation.write_report(paths.eval_dir, results, rule)
+    metrics = report.write_report(paths.eval_dir, results, rule)
     print(f"\nEvaluation on original images (image/augmentation == 0), {paths.eval_dir}:\n"
-          f"{evaluation.format_table(metrics)}\n", flush=True)
+          f"{report.format_table(metrics)}\n", flush=True)
     export.export_saved_model(model, paths.export_dir, model_store.ModelContract(
         image_size=image_size, class_names=contract.CLASS_NAMES,
         preprocessing_version=contract.PREPROCESSING_VERSION, training_config=run_description, decision_rule=rule))
