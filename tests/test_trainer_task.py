@@ -17,7 +17,9 @@ from absl import logging as absl_logging
 
 from cxr_core import contract
 from synthetic import records as synthetic_records
-from trainer import model, task, train
+from trainer import config, model, task, train
+
+CLOUD_ENVIRONMENT = ("CLOUD_ML_JOB_ID", "AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR", "AIP_TENSORBOARD_LOG_DIR")
 
 
 def parse(*arguments: str) -> flags.FlagValues:
@@ -29,7 +31,7 @@ def parse(*arguments: str) -> flags.FlagValues:
 
 @pytest.fixture
 def local(monkeypatch):
-    for variable in task.CLOUD_ENVIRONMENT:
+    for variable in CLOUD_ENVIRONMENT:
         monkeypatch.delenv(variable, raising=False)
 
 
@@ -108,20 +110,44 @@ def test_vertex_ai_directories(monkeypatch):
     assert config.tensorboard_dir == "gs://bucket/tensorboard"
 
 
-@pytest.mark.parametrize("legacy, precision", [
-    (["--mixed_precision"], "float16"), (["--nomixed_precision"], "none"),
-    (["--mixed_precision=true"], "float16"), (["--mixed_precision=False"], "none"),
-    (["--mixed_precision", "bfloat16"], "bfloat16"), (["--mixed_precision", "--weights=none"], "float16"),
-])
-def test_the_old_boolean_mixed_precision_flag_still_parses(legacy, precision, local):
-    argv = task.translate_legacy_arguments(["trainer.task", "--data_dir=records", "--job_dir=job", *legacy])
+def test_every_flag_reaches_its_config_field(local):
+    """Each setting of TrainConfig is a flag whose value lands in the field of the same name."""
+    values = {"data_dir": "gs://bucket/records", "job_dir": "gs://bucket/job", "image_size": 64, "batch_size": 8,
+              "stage1_epochs": 3, "stage2_epochs": 4, "stage1_learning_rate": 2e-3, "stage2_learning_rate": 3e-4,
+              "warmup_steps": 7, "weights": "none", "auxiliary_loss_weight": 0.5, "head_learning_rate_scale": 0.25,
+              "class_weight": "balanced", "mixed_precision": "float16", "jit_compile": True, "steps_per_epoch": 9,
+              "steps_per_loop": 5, "checkpoint_every_loops": 2, "keep_checkpoints": 3, "cache": "memory",
+              "cache_budget_gb": 1.5, "decision_rule": "target:covid19:specificity:0.9", "seed": 7}
+    defaults = {setting.name: setting.default for setting in config.settings(config.TrainConfig)}
+    assert set(values) == set(defaults)
+    assert all(values[name] != defaults[name] for name in values)  # Else a flag ignored would go unnoticed.
 
-    assert task.config_from_flags(parse(*argv[1:])).mixed_precision == precision
+    built = task.config_from_flags(parse(*(f"--{name}={value}" for name, value in values.items())))
+
+    assert {name: getattr(built, name) for name in values} == values
+
+
+def test_runtime_settings_are_flags_too():
+    assert [setting.name for setting in config.settings(config.RuntimeConfig)] == ["cpu_replicas"]
+    assert parse("--data_dir=records", "--cpu_replicas=3").cpu_replicas == 3
+
+
+def test_a_config_built_in_code_fills_in_the_automatic_settings():
+    paths = {"data_dir": "records", "job_dir": "job", "checkpoint_dir": "job/checkpoints", "tensorboard_dir": "job/logs"}
+
+    from_scratch = config.TrainConfig(**paths, weights="none")
+    explicit = config.TrainConfig(**paths, weights="none", auxiliary_loss_weight=0.0, jit_compile=True)
+
+    assert (from_scratch.auxiliary_loss_weight, from_scratch.head_learning_rate_scale) == (
+        model.FROM_SCRATCH_AUXILIARY_LOSS_WEIGHT, model.FROM_SCRATCH_HEAD_LEARNING_RATE_SCALE)
+    assert (from_scratch.mixed_precision, from_scratch.jit_compile) == ("none", False)  # This machine has no GPU.
+    assert (explicit.auxiliary_loss_weight, explicit.jit_compile) == (0.0, True)
 
 
 @pytest.mark.parametrize("argument", ["--class_weight=inverse", "--image_size=16", "--batch_size=0",
                                       "--stage2_learning_rate=0", "--cpu_replicas=0", "--stage1_epochs=-1",
                                       "--weights=/no/such/weights.h5", "--mixed_precision=float8",
+                                      "--mixed_precision=true",
                                       "--steps_per_loop=0", "--keep_checkpoints=0", "--cache=disk",
                                       "--auxiliary_loss_weight=-1", "--head_learning_rate_scale=0",
                                       "--decision_rule=target:covid19:recall:0.95"])

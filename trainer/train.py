@@ -47,41 +47,10 @@ from trainer import checkpoints, distribution, evaluation, input_pipeline, opera
 from trainer import metrics as metrics_lib
 from trainer import model as model_lib
 from trainer import report
+from trainer.config import TrainConfig
 
 CONFIG_FILE = "config.json"
 GIGABYTE = 1024 ** 3
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything one run needs; `trainer.task` fills it from flags and Vertex AI's environment."""
-
-    data_dir: str
-    job_dir: str
-    checkpoint_dir: str
-    tensorboard_dir: str
-    image_size: int = contract.DEFAULT_IMAGE_SIZE
-    batch_size: int = 32  # Per replica.
-    stage1_epochs: int = 2
-    stage2_epochs: int = 10
-    stage1_learning_rate: float = 1e-3  # For a global batch of optimization.REFERENCE_BATCH_SIZE.
-    stage2_learning_rate: float = 1e-5
-    warmup_steps: int = 100
-    weights: str = "imagenet"
-    # See trainer.model: a random base needs both (task.py sets them from --weights by default).
-    auxiliary_loss_weight: float = 0.0
-    head_learning_rate_scale: float = 1.0
-    class_weight: str = "none"
-    mixed_precision: str = "none"
-    jit_compile: bool = False
-    steps_per_epoch: int | None = None
-    steps_per_loop: int = 50
-    checkpoint_every_loops: int = 0  # 0: at epoch ends only.
-    keep_checkpoints: int = 2
-    cache: str = "auto"
-    cache_budget_gb: float = 4.0
-    decision_rule: str = decision_rule.ARGMAX  # See decision_rule.parse_decision_rule.
-    seed: int = 42
 
 
 class TrainingDivergedError(RuntimeError):
