@@ -75,14 +75,6 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-def task_name(strategy: tf.distribute.Strategy) -> str:
-    """`chief`, or e.g. `worker-2`: names a non-chief task's private output dirs."""
-    resolver = strategy.cluster_resolver
-    if resolver is None or not resolver.task_type or is_chief(strategy):
-        return "chief"
-    return f"{resolver.task_type}-{resolver.task_id}"
-
-
 class AnyWorker:
     """Whether any worker says yes, answered identically on every worker.
 
