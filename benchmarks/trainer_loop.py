@@ -49,9 +49,7 @@ def measure(work_dir: str, image_size: int, batch_size: int, steps: int, rounds:
         synthetic_records.write_split(data_dir, "train", SYNTHETIC_PER_CLASS, image_size, SYNTHETIC_SHARDS, seed=7)
     split = input_pipeline.SplitData("train", tuple(input_pipeline.list_shards(data_dir, "train")), (0, 0, 0))
     global_batch_size = batch_size * strategy.num_replicas_in_sync
-    settings = train.LoopSettings(global_batch_size=global_batch_size, steps_per_epoch=steps, steps_per_loop=steps,
-                                  checkpoint_every_loops=0, warmup_steps=0, auxiliary_loss_weight=0.0,
-                                  head_learning_rate_scale=1.0, precision="none", jit_compile=False,
+    settings = train.LoopSettings(global_batch_size=global_batch_size, steps_per_epoch=steps,
                                   class_weights=(1.0, 1.0, 1.0))
     with strategy.scope():
         loop_model = model.build_model(image_size, weights=None)
@@ -60,7 +58,8 @@ def measure(work_dir: str, image_size: int, batch_size: int, steps: int, rounds:
         optimizer = optimization.build_optimizer(
             optimization.learning_rate_schedule(1e-4, global_batch_size, 0), "none",
             loop_training_model.trainable_variables)
-    trainer = train.StageTrainer(strategy, loop_training_model, optimizer, settings)
+    trainer = train.StageTrainer(strategy, loop_training_model, optimizer, settings, auxiliary_loss_weight=0.0,
+                                 jit_compile=False)
     distributed = strategy.distribute_datasets_from_function(
         lambda context: input_pipeline.train_dataset(split, image_size, context.get_per_replica_batch_size(
             global_batch_size), seed=0, input_context=context))

@@ -12,7 +12,8 @@ per-worker input from `strategy.distribute_datasets_from_function`; the loss is 
 example and divided by the global batch (`tf.nn.compute_average_loss`), so the gradients
 the optimizer all-reduces average over the global batch. The same code runs under
 MirroredStrategy (GPUs, logical CPUs) and MultiWorkerMirroredStrategy (TF_CONFIG), where
-Keras' own `Model.fit` cannot run (keras-team/keras#20585).
+Keras' own `Model.fit` cannot run (keras-team/keras#20585). `Controller` holds the loop's
+state (Orbit's Controller); `StageTrainer` is one stage's compiled steps (its StandardTrainer).
 
 Keras 3 updates BatchNormalization's moving statistics per replica without aggregating
 them; each loop ends by averaging them over all replicas, so every worker holds (and
@@ -30,11 +31,10 @@ on val, evaluates val and test under it, and exports the model with it; test nev
 """
 
 import dataclasses
-import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -43,47 +43,17 @@ from absl import logging
 
 from cxr_core import contract, decision_rule
 from serving import export, model_store
-from trainer import checkpoints, distribution, evaluation, input_pipeline, operating_point, optimization, preemption
+from trainer import (checkpoints, distribution, evaluation, input_pipeline, operating_point, optimization, outputs,
+                     preemption, report)
 from trainer import metrics as metrics_lib
 from trainer import model as model_lib
-from trainer import report
 from trainer.config import TrainConfig
 
-CONFIG_FILE = "config.json"
 GIGABYTE = 1024 ** 3
 
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; training stopped instead of saving garbage."""
-
-
-@dataclasses.dataclass(frozen=True)
-class OutputPaths:
-    """Where a run writes; only the chief writes anything (other workers' checkpoints are temporary)."""
-
-    job_dir: str
-    checkpoint_dir: str
-    tensorboard_dir: str
-
-    @property
-    def config_file(self) -> str:
-        return os.path.join(self.job_dir, CONFIG_FILE)
-
-    @property
-    def history_file(self) -> str:
-        return os.path.join(self.job_dir, "history.json")
-
-    @property
-    def eval_dir(self) -> str:
-        return os.path.join(self.job_dir, "eval")
-
-    @property
-    def export_dir(self) -> str:
-        return os.path.join(self.job_dir, "export")
-
-    @property
-    def keras_file(self) -> str:
-        return os.path.join(self.job_dir, "model.keras")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,39 +73,11 @@ class Stage:
 
 @dataclasses.dataclass(frozen=True)
 class LoopSettings:
-    """How the steps of an epoch are cut into host calls, checkpoints and learning rates."""
+    """What the config, the train split and the replicas make of a step and an epoch."""
 
     global_batch_size: int
     steps_per_epoch: int
-    steps_per_loop: int
-    checkpoint_every_loops: int
-    warmup_steps: int
-    auxiliary_loss_weight: float
-    head_learning_rate_scale: float
-    precision: str
-    jit_compile: bool
-    class_weights: tuple[float, ...]
-
-
-class EpochHistory:
-    """Keeps history.json current after every epoch, across stages and restarts.
-
-    A resumed run appends to the file it finds; an epoch run again after a crash
-    replaces its earlier entry.
-    """
-
-    def __init__(self, path: str):
-        self.path = path
-        self.epochs: list[dict] = []
-        if tf.io.gfile.exists(path):
-            with tf.io.gfile.GFile(path) as existing:
-                self.epochs = json.load(existing)["epochs"]
-
-    def record(self, entry: dict) -> None:
-        self.epochs = sorted([e for e in self.epochs if e["epoch"] != entry["epoch"]] + [entry],
-                             key=lambda e: e["epoch"])
-        # Written aside and renamed, so a job killed mid-write leaves the previous file intact.
-        _write_json_atomically(self.path, {"epochs": self.epochs})
+    class_weights: tuple[float, ...]  # One per class, 1.0 each without --class_weight balanced.
 
 
 class StageTrainer:
@@ -150,12 +92,13 @@ class StageTrainer:
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, training_model: keras.Model,
-                 optimizer: keras.optimizers.Optimizer, settings: LoopSettings):
+                 optimizer: keras.optimizers.Optimizer, settings: LoopSettings, auxiliary_loss_weight: float,
+                 jit_compile: bool):
         self.optimizer = optimizer
         self._strategy = strategy
         self._model = training_model
         self._variables = training_model.trainable_variables
-        self._auxiliary_loss_weight = settings.auxiliary_loss_weight
+        self._auxiliary_loss_weight = auxiliary_loss_weight
         self._global_batch_size = settings.global_batch_size
         self._class_weights = tf.constant(settings.class_weights, tf.float32)
         with strategy.scope():
@@ -164,7 +107,7 @@ class StageTrainer:
         self._batch_statistics = [variable for layer in training_model.layers
                                   if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
                                   for variable in (layer.moving_mean, layer.moving_variance)]
-        self._gradients = tf.function(self._compute_gradients, jit_compile=settings.jit_compile)
+        self._gradients = tf.function(self._compute_gradients, jit_compile=jit_compile)
         self._loop = tf.function(self._run_steps)
 
     def train(self, iterator: tf.distribute.DistributedIterator, num_steps: int) -> dict[str, float]:
@@ -225,7 +168,223 @@ def class_weights(mode: str, class_counts: Sequence[int]) -> dict[int, float] | 
     raise ValueError(f"class_weight must be none or balanced, got {mode!r}")
 
 
-def run(config: TrainConfig, strategy: tf.distribute.Strategy) -> dict[str, dict]:
+
+class Controller:
+    """The training loop's state on one object: Orbit's Controller, for two stages on one model.
+
+    It holds the strategy, the model and the training model around it, the counters
+    (`checkpoints.TrainingState`), the checkpoint store, the SIGTERM watcher and the
+    cross-worker vote, the val originals, and on the chief the best epoch's weights,
+    `history.json` and the TensorBoard writers; while a stage runs, its `StageTrainer` (with
+    its optimizer) and the checkpoint that saves it. Built, it has restored the latest
+    checkpoint's weights and counters. `train` runs the unfinished stages: `begin_stage`,
+    then per epoch `train_loop` (one host call) and `train_loop_end` (log, scalars,
+    checkpoint or stop) until the epoch is done, then `end_epoch` (`evaluate` on val, best
+    weights, checkpoint, history). `evaluate_and_export` ends the run on the chief.
+    """
+
+    def __init__(self, config: TrainConfig, strategy: tf.distribute.Strategy,
+                 data: dict[str, input_pipeline.SplitData], settings: LoopSettings, paths: outputs.OutputPaths):
+        self.config = config
+        self.strategy = strategy
+        self.data = data
+        self.settings = settings
+        self.paths = paths
+        self.chief = distribution.is_chief(strategy)
+        initial_weights = model_lib.resolve_weights(config.weights)
+        with strategy.scope():
+            self.model = model_lib.build_model(config.image_size, initial_weights)
+            self.training_model = model_lib.build_training_model(self.model)
+        pretrained = initial_weights is not None
+        self.stages = (Stage(1, 0, config.stage1_epochs, config.stage1_learning_rate, pretrained),
+                       Stage(2, config.stage1_epochs, config.stage2_epochs, config.stage2_learning_rate, pretrained))
+        self.state = checkpoints.TrainingState()
+        self.store = checkpoints.TrainCheckpoints(paths.checkpoint_dir, self.chief, config.keep_checkpoints)
+        self.best = checkpoints.BestWeights(self.model, paths.checkpoint_dir) if self.chief else None
+        self.history = outputs.EpochHistory(paths.history_file) if self.chief else None
+        self.writers: dict[str, tf.summary.SummaryWriter] | None = None  # Opened by `train` (chief).
+        self.termination = preemption.TerminationRequest()
+        self.any_worker = distribution.AnyWorker(strategy)
+        self.stage: Stage | None = None
+        self.stage_trainer: StageTrainer | None = None
+        self.checkpoint: tf.train.Checkpoint | None = None
+        self.latest = self.store.latest()
+        if self.latest:
+            self._restore_counters_and_weights()
+        self.cached = _cached_splits(config, data, distribution.worker_count(strategy))
+        self.val_data = input_pipeline.eval_dataset(data["val"], config.image_size, settings.global_batch_size,
+                                                    cache="val" in self.cached)
+
+    @property
+    def finished(self) -> bool:
+        return int(self.state.epoch) >= self.stages[-1].end_epoch
+
+    def train(self) -> None:
+        """Runs the unfinished epochs of every stage; leaves the model with the last epoch's weights."""
+        if self.finished:
+            return
+        train_data = self.strategy.distribute_datasets_from_function(
+            lambda context: input_pipeline.train_dataset(
+                self.data["train"], self.config.image_size,
+                context.get_per_replica_batch_size(self.settings.global_batch_size),
+                seed=self.config.seed + int(self.state.step), input_context=context, cache="train" in self.cached))
+        iterator = iter(train_data)
+        if self.chief:
+            self.writers = _summary_writers(self.paths.tensorboard_dir)
+        with self.termination:
+            for stage in self.stages:
+                if int(self.state.epoch) >= stage.end_epoch:
+                    continue
+                self.begin_stage(stage)
+                while int(self.state.epoch) < stage.end_epoch:
+                    loops = 0
+                    while int(self.state.step_in_epoch) < self.settings.steps_per_epoch:
+                        figures = self.train_loop(iterator)
+                        loops += 1
+                        self.train_loop_end(figures, loops)
+                    self.end_epoch()
+
+    def begin_stage(self, stage: Stage) -> None:
+        """Sets the stage's trainable layers and builds its optimizer, restored if the latest checkpoint holds it."""
+        model_lib.set_stage(self.model, stage.number, stage.pretrained)
+        head_scale = self.config.head_learning_rate_scale
+        with self.strategy.scope():
+            optimizer = optimization.build_optimizer(
+                optimization.learning_rate_schedule(stage.learning_rate, self.settings.global_batch_size,
+                                                    self.config.warmup_steps),
+                self.config.mixed_precision, self.training_model.trainable_variables,
+                lambda variable: head_scale if model_lib.is_head_variable(variable) else 1.0)
+        if self.latest and checkpoints.saved_stage(self.latest) == stage.number:
+            tf.train.Checkpoint(optimizer=optimizer).read(self.latest).expect_partial()
+        self.state.stage.assign(stage.number)
+        self.stage = stage
+        self.stage_trainer = StageTrainer(self.strategy, self.training_model, optimizer, self.settings,
+                                          self.config.auxiliary_loss_weight, self.config.jit_compile)
+        self.checkpoint = tf.train.Checkpoint(model=self.training_model, optimizer=optimizer, state=self.state)
+        logging.info("stage %d: epochs %d-%d, %d trainable weights", stage.number, stage.first_epoch + 1,
+                     stage.end_epoch, len(self.training_model.trainable_weights))
+
+    def train_loop(self, iterator: tf.distribute.DistributedIterator) -> dict[str, float]:
+        """One host call: the epoch's next steps, up to `steps_per_loop`; returns the loop's figures.
+
+        Raises:
+          TrainingDivergedError: the loss is NaN or infinite (the counters stay before the loop).
+        """
+        state, steps_per_epoch = self.state, self.settings.steps_per_epoch
+        num_steps = min(self.config.steps_per_loop, steps_per_epoch - int(state.step_in_epoch))
+        start = time.perf_counter()
+        results = self.stage_trainer.train(iterator, num_steps)
+        steps_per_second = num_steps / (time.perf_counter() - start)
+        if not math.isfinite(results["loss"]):
+            raise TrainingDivergedError(
+                f"stage {self.stage.number}: the training loss became {results['loss']} by step "
+                f"{int(state.step) + num_steps} (epoch {int(state.epoch) + 1}) and training stopped; lower "
+                f"--stage{self.stage.number}_learning_rate, check the input data, or set --mixed_precision=none")
+        state.step.assign_add(num_steps)
+        state.step_in_epoch.assign_add(num_steps)
+        state.epoch_loss_sum.assign_add(results["loss"] * num_steps)
+        state.epoch_accuracy_sum.assign_add(results["accuracy"] * num_steps)
+        return {**results, "learning_rate": self.stage_trainer.learning_rate, "steps_per_second": steps_per_second}
+
+    def train_loop_end(self, figures: dict[str, float], loops: int) -> None:
+        """Logs the loop and writes its scalars; checkpoints every N loops, or for SIGTERM, then stops.
+
+        `loops` counts the loops this process ran in the epoch. Every worker votes on stopping.
+
+        Raises:
+          preemption.Terminated: a worker received SIGTERM; the checkpoint is saved.
+        """
+        state, stage = self.state, self.stage
+        logging.info("stage %d epoch %d step %d (%d/%d): loss %.4f accuracy %.4f learning rate %.3g, %.2f steps/s",
+                     stage.number, int(state.epoch) + 1, int(state.step), int(state.step_in_epoch),
+                     self.settings.steps_per_epoch, figures["loss"], figures["accuracy"], figures["learning_rate"],
+                     figures["steps_per_second"])
+        if self.writers:
+            with self.writers["train"].as_default(step=int(state.step)):
+                for name, value in figures.items():
+                    tf.summary.scalar(name, value)
+        terminate = self.any_worker(self.termination.requested)
+        epoch_continues = int(state.step_in_epoch) < self.settings.steps_per_epoch
+        every = self.config.checkpoint_every_loops
+        if terminate or (every and loops % every == 0 and epoch_continues):
+            path = self.store.save(self.checkpoint, int(state.step))
+            logging.info("checkpoint at stage %d step %d: %s", stage.number, int(state.step),
+                         path or "saved by the chief")
+        if terminate:
+            message = (f"stopped by SIGTERM at stage {stage.number} step {int(state.step)} after a checkpoint; "
+                       f"start the job again with the same flags to resume (exit code {preemption.EXIT_CODE})")
+            logging.warning("%s", message)
+            raise preemption.Terminated(message)
+
+    def end_epoch(self) -> None:
+        """Validates; keeps the weights if val macro ROC-AUC improved; moves the counters on and checkpoints."""
+        state, steps_per_epoch = self.state, self.settings.steps_per_epoch
+        entry = {"stage": self.stage.number, "epoch": int(state.epoch) + 1,
+                 "loss": float(state.epoch_loss_sum) / steps_per_epoch,
+                 "accuracy": float(state.epoch_accuracy_sum) / steps_per_epoch,
+                 "learning_rate": self.stage_trainer.learning_rate, **self.evaluate()}
+        score = entry["val_roc_auc"]
+        if score is None or score > float(state.best_score):
+            if score is None:
+                logging.warning("val macro ROC-AUC is undefined (val lacks classes): epoch %d counts as the best so "
+                                "far", entry["epoch"])
+            state.best_score.assign(-1.0 if score is None else score)
+            state.best_epoch.assign(entry["epoch"])
+            if self.best:
+                self.best.save(entry["epoch"])
+        entry["best_epoch"] = int(state.best_epoch)
+        state.epoch.assign_add(1)
+        state.step_in_epoch.assign(0)
+        state.epoch_loss_sum.assign(0.0)
+        state.epoch_accuracy_sum.assign(0.0)
+        path = self.store.save(self.checkpoint, int(state.step))
+        logging.info("epoch %d: %s; checkpoint %s", entry["epoch"], _format_figures(entry),
+                     path or "saved by the chief")
+        if self.chief:
+            self.history.record(entry)
+            _write_validation_summaries(self.writers, entry, int(state.step))
+
+    def evaluate(self) -> dict[str, float | None]:
+        """The per-epoch validation of the current weights (`validation_metrics`)."""
+        return validation_metrics(self.model, self.val_data)
+
+    def evaluate_and_export(self, decision_spec: decision_rule.DecisionSpec,
+                            run_description: dict) -> dict[str, metrics_lib.SplitMetrics]:
+        """On the chief: the best epoch's weights, scored on val and test under the rule fitted on val, exported.
+
+        Returns the val and test metrics.
+        """
+        best = self.best.restore()
+        logging.info("evaluating the weights of epoch %d, the best on val (macro ROC-AUC %.4f): %s",
+                     int(self.state.best_epoch), float(self.state.best_score), best)
+        image_size, paths = self.config.image_size, self.paths
+        results = evaluation.predict(self.model, {"val": self.val_data, "test": input_pipeline.eval_dataset(
+            self.data["test"], image_size, self.settings.global_batch_size)})
+        rule = operating_point.choose_decision_rule(decision_spec, results["val"].labels,
+                                                    results["val"].probabilities, self.data["train"].class_counts)
+        metrics = report.write_report(paths.eval_dir, results, rule)
+        print(f"\nEvaluation on original images (image/augmentation == 0), {paths.eval_dir}:\n"
+              f"{report.format_table(metrics)}\n", flush=True)
+        export.export_saved_model(self.model, paths.export_dir, model_store.ModelContract(
+            image_size=image_size, class_names=contract.CLASS_NAMES,
+            preprocessing_version=contract.PREPROCESSING_VERSION, training_config=run_description,
+            decision_rule=rule))
+        self.model.save(paths.keras_file)  # Never compiled, so it carries no optimizer state.
+        logging.info("wrote %s, %s, %s", paths.export_dir, paths.keras_file, paths.history_file)
+        return metrics
+
+    def _restore_counters_and_weights(self) -> None:
+        """Loads the model and counters of the latest checkpoint (a stage's optimizer is loaded once built)."""
+        tf.train.Checkpoint(model=self.training_model, state=self.state).read(self.latest).expect_partial()
+        epoch = int(self.state.epoch)
+        stage = next((stage for stage in self.stages if stage.first_epoch <= epoch < stage.end_epoch),
+                     self.stages[-1])
+        logging.info("resuming from checkpoint %s: stage %d step %d (epoch %d, step %d of %d in the epoch)",
+                     self.latest, stage.number, int(self.state.step), epoch + 1, int(self.state.step_in_epoch),
+                     self.settings.steps_per_epoch)
+
+
+def run(config: TrainConfig, strategy: tf.distribute.Strategy) -> dict[str, metrics_lib.SplitMetrics]:
     """Checks the data, trains the unfinished epochs, then (on the chief) evaluates and exports.
 
     Returns the val and test metrics on the chief, {} on other workers.
@@ -244,48 +403,23 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy) -> dict[str, dict
     settings = _loop_settings(config, data["train"], strategy.num_replicas_in_sync)
     keras.utils.set_random_seed(config.seed)
     optimization.set_precision(config.mixed_precision)
-    chief = distribution.is_chief(strategy)
-    paths = OutputPaths(config.job_dir, config.checkpoint_dir, config.tensorboard_dir)
+    paths = outputs.OutputPaths(config.job_dir, config.checkpoint_dir, config.tensorboard_dir)
     run_description = describe_run(config, strategy, settings)
     logging.info("%s, %d replica(s) in sync on %d worker(s): global batch %d, %d steps per epoch, "
                  "%d steps per loop, learning rates %s, class weights %s", type(strategy).__name__,
                  strategy.num_replicas_in_sync, distribution.worker_count(strategy), settings.global_batch_size,
-                 settings.steps_per_epoch, settings.steps_per_loop, run_description["learning_rates"],
+                 settings.steps_per_epoch, config.steps_per_loop, run_description["learning_rates"],
                  settings.class_weights)
-    if chief:
-        _write_json_atomically(paths.config_file, run_description)
+    if distribution.is_chief(strategy):
+        outputs.write_json_atomically(paths.config_file, run_description)
 
-    initial_weights = model_lib.resolve_weights(config.weights)
-    with strategy.scope():
-        model = model_lib.build_model(config.image_size, initial_weights)
-        training_model = model_lib.build_training_model(model)
-    stages = [Stage(1, 0, config.stage1_epochs, config.stage1_learning_rate, initial_weights is not None),
-              Stage(2, config.stage1_epochs, config.stage2_epochs, config.stage2_learning_rate,
-                    initial_weights is not None)]
-    state = checkpoints.TrainingState()
-    store = checkpoints.TrainCheckpoints(paths.checkpoint_dir, chief, config.keep_checkpoints)
-    latest = store.latest()
-    if latest:
-        _resume_counters_and_weights(latest, training_model, state, stages, settings.steps_per_epoch)
-    cached = _cached_splits(config, data, distribution.worker_count(strategy))
-    val_data = input_pipeline.eval_dataset(data["val"], config.image_size, settings.global_batch_size,
-                                           cache="val" in cached)
-    if int(state.epoch) < stages[-1].end_epoch:
-        train_data = strategy.distribute_datasets_from_function(
-            lambda context: input_pipeline.train_dataset(
-                data["train"], config.image_size, context.get_per_replica_batch_size(settings.global_batch_size),
-                seed=config.seed + int(state.step), input_context=context, cache="train" in cached))
-        _train_stages(model, training_model, strategy, stages, settings, state, store, latest, iter(train_data),
-                      lambda: validation_metrics(model, val_data), paths, chief)
-    if not chief:
-        distribution.AnyWorker(strategy)(False)  # Waits for the chief's evaluation and export.
+    controller = Controller(config, strategy, data, settings, paths)
+    controller.train()
+    if not controller.chief:
+        controller.any_worker(False)  # Waits for the chief's evaluation and export.
         return {}
-    best = checkpoints.BestWeights(model, paths.checkpoint_dir).restore()
-    logging.info("evaluating the weights of epoch %d, the best on val (macro ROC-AUC %.4f): %s",
-                 int(state.best_epoch), float(state.best_score), best)
-    metrics = _evaluate_and_export(model, data, val_data, config.image_size, settings.global_batch_size, paths,
-                                   run_description, decision_spec)
-    distribution.AnyWorker(strategy)(False)
+    metrics = controller.evaluate_and_export(decision_spec, run_description)
+    controller.any_worker(False)
     return metrics
 
 
@@ -326,15 +460,6 @@ def _decision_spec(text: str, val: input_pipeline.SplitData) -> decision_rule.De
     return spec
 
 
-def _resume_counters_and_weights(latest: str, training_model: keras.Model, state: checkpoints.TrainingState,
-                                 stages: Sequence[Stage], steps_per_epoch: int) -> None:
-    """Loads the model and counters of `latest` (the running stage's optimizer is loaded once built)."""
-    tf.train.Checkpoint(model=training_model, state=state).read(latest).expect_partial()
-    stage = _stage_of_epoch(stages, int(state.epoch))
-    logging.info("resuming from checkpoint %s: stage %d step %d (epoch %d, step %d of %d in the epoch)", latest,
-                 stage.number, int(state.step), int(state.epoch) + 1, int(state.step_in_epoch), steps_per_epoch)
-
-
 def _cached_splits(config: TrainConfig, data: dict[str, input_pipeline.SplitData], workers: int) -> set[str]:
     """The splits whose decoded images stay in memory; each worker caches only its share of train."""
     cached = input_pipeline.choose_cache(config.cache, {
@@ -357,127 +482,8 @@ def _loop_settings(config: TrainConfig, train: input_pipeline.SplitData, replica
     return LoopSettings(
         global_batch_size=global_batch_size,
         steps_per_epoch=min(full_batches, config.steps_per_epoch or full_batches),
-        steps_per_loop=config.steps_per_loop,
-        checkpoint_every_loops=config.checkpoint_every_loops,
-        warmup_steps=config.warmup_steps,
-        auxiliary_loss_weight=config.auxiliary_loss_weight,
-        head_learning_rate_scale=config.head_learning_rate_scale,
-        precision=config.mixed_precision,
-        jit_compile=config.jit_compile,
         class_weights=tuple(weights[index] for index in range(contract.NUM_CLASSES)) if weights
         else (1.0,) * contract.NUM_CLASSES)
-
-
-def _stage_of_epoch(stages: Sequence[Stage], epoch: int) -> Stage:
-    """The stage that trains 0-based `epoch` (the last stage once training is over)."""
-    return next((stage for stage in stages if stage.first_epoch <= epoch < stage.end_epoch), stages[-1])
-
-
-def _train_stages(model: keras.Model, training_model: keras.Model, strategy: tf.distribute.Strategy,
-                  stages: Sequence[Stage],
-                  settings: LoopSettings, state: checkpoints.TrainingState, store: checkpoints.TrainCheckpoints,
-                  latest: str | None, iterator: tf.distribute.DistributedIterator,
-                  validate: Callable[[], dict[str, float | None]], paths: OutputPaths, chief: bool) -> None:
-    """Runs the unfinished epochs of every stage; leaves the model with the last epoch's weights."""
-    writers = _summary_writers(paths.tensorboard_dir) if chief else None
-    history = EpochHistory(paths.history_file) if chief else None
-    best = checkpoints.BestWeights(model, paths.checkpoint_dir) if chief else None
-    any_worker = distribution.AnyWorker(strategy)
-    with preemption.TerminationRequest() as termination:
-        for stage in stages:
-            if int(state.epoch) >= stage.end_epoch:
-                continue
-            model_lib.set_stage(model, stage.number, stage.pretrained)
-            with strategy.scope():
-                optimizer = optimization.build_optimizer(
-                    optimization.learning_rate_schedule(stage.learning_rate, settings.global_batch_size,
-                                                        settings.warmup_steps),
-                    settings.precision, training_model.trainable_variables,
-                    lambda variable: (settings.head_learning_rate_scale if model_lib.is_head_variable(variable)
-                                      else 1.0))
-            if latest and checkpoints.saved_stage(latest) == stage.number:
-                tf.train.Checkpoint(optimizer=optimizer).read(latest).expect_partial()
-            state.stage.assign(stage.number)
-            trainer = StageTrainer(strategy, training_model, optimizer, settings)
-            checkpoint = tf.train.Checkpoint(model=training_model, optimizer=optimizer, state=state)
-            logging.info("stage %d: epochs %d-%d, %d trainable weights", stage.number, stage.first_epoch + 1,
-                         stage.end_epoch, len(training_model.trainable_weights))
-            while int(state.epoch) < stage.end_epoch:
-                _train_epoch(trainer, iterator, stage, settings, state, store, checkpoint, termination, any_worker,
-                             writers)
-                entry = {"stage": stage.number, "epoch": int(state.epoch) + 1,
-                         "loss": float(state.epoch_loss_sum) / settings.steps_per_epoch,
-                         "accuracy": float(state.epoch_accuracy_sum) / settings.steps_per_epoch,
-                         "learning_rate": trainer.learning_rate, **validate()}
-                _end_epoch(entry, state, best)
-                path = store.save(checkpoint, int(state.step))
-                logging.info("epoch %d: %s; checkpoint %s", entry["epoch"], _format_figures(entry),
-                             path or "saved by the chief")
-                if chief:
-                    history.record(entry)
-                    _write_validation_summaries(writers, entry, int(state.step))
-
-
-def _train_epoch(trainer: StageTrainer, iterator: tf.distribute.DistributedIterator, stage: Stage,
-                 settings: LoopSettings, state: checkpoints.TrainingState, store: checkpoints.TrainCheckpoints,
-                 checkpoint: tf.train.Checkpoint, termination: preemption.TerminationRequest,
-                 any_worker: distribution.AnyWorker, writers: dict[str, tf.summary.SummaryWriter] | None) -> None:
-    """Runs the rest of the current epoch, one host call per loop."""
-    loops = 0
-    while int(state.step_in_epoch) < settings.steps_per_epoch:
-        num_steps = min(settings.steps_per_loop, settings.steps_per_epoch - int(state.step_in_epoch))
-        start = time.perf_counter()
-        results = trainer.train(iterator, num_steps)
-        steps_per_second = num_steps / (time.perf_counter() - start)
-        if not math.isfinite(results["loss"]):
-            raise TrainingDivergedError(
-                f"stage {stage.number}: the training loss became {results['loss']} by step "
-                f"{int(state.step) + num_steps} (epoch {int(state.epoch) + 1}) and training stopped; lower "
-                f"--stage{stage.number}_learning_rate, check the input data, or set --mixed_precision=none")
-        state.step.assign_add(num_steps)
-        state.step_in_epoch.assign_add(num_steps)
-        state.epoch_loss_sum.assign_add(results["loss"] * num_steps)
-        state.epoch_accuracy_sum.assign_add(results["accuracy"] * num_steps)
-        loops += 1
-        learning_rate = trainer.learning_rate
-        logging.info("stage %d epoch %d step %d (%d/%d): loss %.4f accuracy %.4f learning rate %.3g, %.2f steps/s",
-                     stage.number, int(state.epoch) + 1, int(state.step), int(state.step_in_epoch),
-                     settings.steps_per_epoch, results["loss"], results["accuracy"], learning_rate, steps_per_second)
-        if writers:
-            with writers["train"].as_default(step=int(state.step)):
-                for name, value in (*results.items(), ("learning_rate", learning_rate),
-                                    ("steps_per_second", steps_per_second)):
-                    tf.summary.scalar(name, value)
-        terminate = any_worker(termination.requested)
-        epoch_continues = int(state.step_in_epoch) < settings.steps_per_epoch
-        periodic = settings.checkpoint_every_loops and loops % settings.checkpoint_every_loops == 0
-        if terminate or (periodic and epoch_continues):
-            path = store.save(checkpoint, int(state.step))
-            logging.info("checkpoint at stage %d step %d: %s", stage.number, int(state.step),
-                         path or "saved by the chief")
-        if terminate:
-            message = (f"stopped by SIGTERM at stage {stage.number} step {int(state.step)} after a checkpoint; "
-                       f"start the job again with the same flags to resume (exit code {preemption.EXIT_CODE})")
-            logging.warning("%s", message)
-            raise preemption.Terminated(message)
-
-
-def _end_epoch(entry: dict, state: checkpoints.TrainingState, best: checkpoints.BestWeights | None) -> None:
-    """Moves the counters to the next epoch; keeps the weights if val macro ROC-AUC improved."""
-    score = entry["val_roc_auc"]
-    if score is None or score > float(state.best_score):
-        if score is None:
-            logging.warning("val macro ROC-AUC is undefined (val lacks classes): epoch %d counts as the best so far",
-                            entry["epoch"])
-        state.best_score.assign(-1.0 if score is None else score)
-        state.best_epoch.assign(entry["epoch"])
-        if best:
-            best.save(entry["epoch"])
-    entry["best_epoch"] = int(state.best_epoch)
-    state.epoch.assign_add(1)
-    state.step_in_epoch.assign(0)
-    state.epoch_loss_sum.assign(0.0)
-    state.epoch_accuracy_sum.assign(0.0)
 
 
 def _summary_writers(tensorboard_dir: str) -> dict[str, tf.summary.SummaryWriter]:
@@ -497,30 +503,3 @@ def _write_validation_summaries(writers: dict[str, tf.summary.SummaryWriter], en
 def _format_figures(entry: dict) -> str:
     return ", ".join(f"{name} {'n/a' if value is None else f'{value:.4f}'}" for name, value in entry.items()
                      if name not in ("stage", "epoch", "best_epoch", "learning_rate"))
-
-
-def _write_json_atomically(path: str, content: dict) -> None:
-    """Written aside and renamed, so a job killed mid-write leaves the previous file intact."""
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    with tf.io.gfile.GFile(f"{path}.partial", "w") as output:
-        json.dump(content, output, indent=2)
-    tf.io.gfile.rename(f"{path}.partial", path, overwrite=True)
-
-
-def _evaluate_and_export(model: keras.Model, data: dict[str, input_pipeline.SplitData], val_data: tf.data.Dataset,
-                         image_size: int, batch_size: int, paths: OutputPaths, run_description: dict,
-                         decision_spec: decision_rule.DecisionSpec) -> dict[str, dict]:
-    """Fits the decision rule on val, applies it to val and test, and exports the model with it."""
-    results = evaluation.predict(model, {"val": val_data,
-                                         "test": input_pipeline.eval_dataset(data["test"], image_size, batch_size)})
-    rule = operating_point.choose_decision_rule(decision_spec, results["val"].labels, results["val"].probabilities,
-                                                data["train"].class_counts)
-    metrics = report.write_report(paths.eval_dir, results, rule)
-    print(f"\nEvaluation on original images (image/augmentation == 0), {paths.eval_dir}:\n"
-          f"{report.format_table(metrics)}\n", flush=True)
-    export.export_saved_model(model, paths.export_dir, model_store.ModelContract(
-        image_size=image_size, class_names=contract.CLASS_NAMES,
-        preprocessing_version=contract.PREPROCESSING_VERSION, training_config=run_description, decision_rule=rule))
-    model.save(paths.keras_file)  # Never compiled, so it carries no optimizer state.
-    logging.info("wrote %s, %s, %s", paths.export_dir, paths.keras_file, paths.history_file)
-    return metrics
