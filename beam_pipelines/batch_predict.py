@@ -197,9 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_path", required=True,
                         help="Prefix of the prediction CSV, e.g. out/predictions → out/predictions-00000-of-00001.csv; "
                              "rejected-00000-of-00001.jsonl goes to the same folder.")
-    parser.add_argument("--image_size", type=int,
-                        help="Deprecated: the model states its image size. Only for models exported before "
-                             f"they did (default {contract.DEFAULT_IMAGE_SIZE}); must match the model otherwise.")
     return parser
 
 
@@ -215,14 +212,14 @@ def input_problem(input_pattern: str) -> str | None:
     return None
 
 
-def load_model(model_dir: str, requested_size: int | None) -> tuple[str, int]:
-    """The export folder and the image size it serves at; runs `serving_default` once on a blank image.
+def load_model(model_dir: str) -> tuple[str, int]:
+    """The export folder and the image size its contract states; runs `serving_default` once on a blank image.
 
     Raises:
-      model_store.ModelStoreError: no servable model, or `requested_size` contradicts its contract.
+      model_store.ModelStoreError: no servable model.
     """
     loaded = model_store.load(model_dir)
-    image_size = model_store.image_size(loaded, requested_size)
+    image_size = loaded.contract.image_size
     if contract.SERVING_EXAMPLES_SIGNATURE not in loaded.signatures:
         raise model_store.ModelStoreError(
             f"the SavedModel at {loaded.export_dir} has no {contract.SERVING_EXAMPLES_SIGNATURE} signature")
@@ -231,8 +228,8 @@ def load_model(model_dir: str, requested_size: int | None) -> tuple[str, int]:
         loaded.signatures[contract.SERVING_EXAMPLES_SIGNATURE](tf.constant([blank]))
     except tf.errors.InvalidArgumentError as error:
         raise model_store.ModelStoreError(
-            f"the model at {loaded.export_dir} does not take {image_size}x{image_size} images; "
-            "pass the --image_size it was trained with") from error
+            f"the model at {loaded.export_dir} does not take the {image_size}x{image_size} images its metadata "
+            "states: re-export it with the current trainer") from error
     return loaded.export_dir, image_size
 
 
@@ -241,14 +238,12 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
     Returns the model's export folder and the image size it was trained on.
     """
-    if args.image_size is not None and (problem := contract.image_size_problem(args.image_size)):
-        parser.error(f"--image_size: {problem}")
     if args.output_path.endswith("/"):
         parser.error(f"--output_path is a file prefix such as out/predictions, not a folder: {args.output_path}")
     if problem := input_problem(args.input_pattern):
         parser.error(problem)
     try:
-        return load_model(args.model_dir, args.image_size)
+        return load_model(args.model_dir)
     except model_store.ModelStoreError as error:
         parser.error(str(error))
 

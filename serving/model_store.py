@@ -5,9 +5,7 @@ no inputs) with the image size, the class names in output order, the preprocessi
 version, the training configuration and the decision rule its signatures apply (chosen
 on val; `None` for models exported without one, which predict the argmax). Batch
 prediction and `cxr-predict` both load models here, so neither needs a flag that
-repeats a choice made at training time.
-Models exported before the contract existed load with `contract=None`; their callers
-fall back to an explicit `--image_size`.
+repeats a choice made at training time. An export without that signature is refused.
 """
 
 import dataclasses
@@ -51,8 +49,7 @@ class ModelContract:
     @classmethod
     def from_tensors(cls, outputs: dict[str, tf.Tensor]) -> "ModelContract":
         """Raises ValueError when the decision rule is for other classes."""
-        rule = outputs.get(data_contract.METADATA_DECISION_RULE)  # Absent from exports older than rules.
-        rule = None if rule is None else json.loads(rule.numpy().decode("utf-8"))
+        rule = json.loads(outputs[data_contract.METADATA_DECISION_RULE].numpy().decode("utf-8"))
         return cls(
             image_size=int(outputs[data_contract.METADATA_IMAGE_SIZE]),
             class_names=tuple(name.decode("utf-8") for name in outputs[data_contract.METADATA_CLASS_NAMES].numpy()),
@@ -64,11 +61,11 @@ class ModelContract:
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
-    """A loaded SavedModel: its folder, signatures and contract (None for pre-contract exports)."""
+    """A loaded SavedModel: its folder, signatures and contract."""
 
     export_dir: str
     signatures: dict[str, Any]  # Name → concrete function.
-    contract: ModelContract | None
+    contract: ModelContract
     module: Any  # The loaded object; it owns the variables the signatures read.
 
 
@@ -84,20 +81,25 @@ def load(model_dir: str) -> LoadedModel:
     """Loads the SavedModel of a job dir (or of its `export/` folder) and reads its contract.
 
     Raises:
-      ModelStoreError: no SavedModel there, or a contract this code cannot serve
-        (other classes, or another preprocessing version).
+      ModelStoreError: no SavedModel there, no contract (the `metadata` signature) or an
+        incomplete one, or a contract this code cannot serve (other classes, or another
+        preprocessing version).
     """
     export_dir = find_export_dir(model_dir)
     module = tf.saved_model.load(export_dir)
     signatures = dict(module.signatures)
-    model_contract = None
-    if data_contract.SERVING_METADATA_SIGNATURE in signatures:
-        try:
-            model_contract = ModelContract.from_tensors(signatures[data_contract.SERVING_METADATA_SIGNATURE]())
-        except ValueError as error:
-            raise ModelStoreError(f"the model in {export_dir} has an unusable decision rule: {error}") from error
-        if problem := contract_problem(model_contract):
-            raise ModelStoreError(f"the model in {export_dir} {problem}")
+    if data_contract.SERVING_METADATA_SIGNATURE not in signatures:
+        raise ModelStoreError(f"the model in {export_dir} cannot be served: this export has no metadata signature: "
+                              "re-export it with the current trainer")
+    try:
+        model_contract = ModelContract.from_tensors(signatures[data_contract.SERVING_METADATA_SIGNATURE]())
+    except KeyError as error:
+        raise ModelStoreError(f"the model in {export_dir} cannot be served: its metadata signature lacks {error}: "
+                              "re-export it with the current trainer") from error
+    except ValueError as error:
+        raise ModelStoreError(f"the model in {export_dir} has an unusable decision rule: {error}") from error
+    if problem := contract_problem(model_contract):
+        raise ModelStoreError(f"the model in {export_dir} {problem}")
     return LoadedModel(export_dir, signatures, model_contract, module)
 
 
@@ -113,17 +115,3 @@ def contract_problem(model_contract: ModelContract) -> str | None:
         return f"has an unusable {problem}"
     return None
 
-
-def image_size(loaded: LoadedModel, requested: int | None) -> int:
-    """The image size to serve `loaded` at: its contract's; `requested` only for pre-contract models.
-
-    Raises:
-      ModelStoreError: `requested` contradicts the contract.
-    """
-    if loaded.contract is None:
-        return requested or data_contract.DEFAULT_IMAGE_SIZE
-    if requested is not None and requested != loaded.contract.image_size:
-        raise ModelStoreError(
-            f"--image_size {requested} contradicts the model in {loaded.export_dir}, which takes "
-            f"{loaded.contract.image_size}x{loaded.contract.image_size} images (its metadata); omit --image_size")
-    return loaded.contract.image_size

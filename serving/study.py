@@ -30,9 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("file", help="A DICOM, PNG or JPEG chest X-ray (local path).")
     parser.add_argument("--model_dir", required=True,
                         help="The trainer's --job_dir, or its export/ folder (local or gs://).")
-    parser.add_argument("--image_size", type=int,
-                        help="Deprecated: the model states its image size. Only for models exported before "
-                             f"they did (default {contract.DEFAULT_IMAGE_SIZE}); must match the model otherwise.")
     parser.add_argument("--gradcam", metavar="OUT.png",
                         help="Also write the image with its Grad-CAM heat map for the predicted class "
                              "(needs model.keras, which the trainer writes in its job dir).")
@@ -63,12 +60,11 @@ def format_prediction(class_id: int, probabilities: np.ndarray) -> list[str]:
     return lines
 
 
-def predict_study(data: bytes, path: str, pixels: np.ndarray, model_dir: str, requested_size: int | None,
-                  gradcam_path: str | None) -> list[str]:
+def predict_study(data: bytes, path: str, pixels: np.ndarray, model_dir: str, gradcam_path: str | None) -> list[str]:
     """Runs the exported model at the size its contract states (and Grad-CAM on request); returns the lines to print.
 
-    `pixels` were decoded before TensorFlow loaded, at `requested_size` or the default; the
-    study is decoded again only if the model takes another size.
+    `pixels` were decoded before TensorFlow loaded, at the default image size; the study is
+    decoded again only if the model takes another size.
     """
     import tensorflow as tf  # Deferred: see the module docstring.
 
@@ -76,17 +72,17 @@ def predict_study(data: bytes, path: str, pixels: np.ndarray, model_dir: str, re
 
     try:
         loaded = model_store.load(model_dir)
-        image_size = model_store.image_size(loaded, requested_size)
     except model_store.ModelStoreError as error:
         raise StudyError(str(error)) from error
+    image_size = loaded.contract.image_size
     if pixels.shape[0] != image_size:
         pixels = decode_study(data, path, image_size)
     predict_png = loaded.signatures[contract.SERVING_PNG_SIGNATURE]
     try:
         outputs = predict_png(**{contract.PNG_INPUT: tf.constant([imaging.encode_png(pixels)])})
     except tf.errors.InvalidArgumentError as error:
-        raise StudyError(f"the model in {loaded.export_dir} does not take {image_size}x{image_size} images; "
-                         "pass the --image_size it was trained with") from error
+        raise StudyError(f"the model in {loaded.export_dir} does not take the {image_size}x{image_size} images its "
+                         "metadata states: re-export it with the current trainer") from error
     class_id = int(outputs[contract.CLASS_ID_OUTPUT][0])
     lines = format_prediction(class_id, outputs[contract.PROBABILITIES_OUTPUT].numpy()[0])
     if gradcam_path:
@@ -107,12 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point; exits with status 1 and a one-line message on a problem."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.image_size is not None and (problem := contract.image_size_problem(args.image_size)):
-        parser.error(f"--image_size: {problem}")
     try:
         data = read_study(args.file)
-        pixels = decode_study(data, args.file, args.image_size or contract.DEFAULT_IMAGE_SIZE)
-        lines = predict_study(data, args.file, pixels, args.model_dir, args.image_size, args.gradcam)
+        pixels = decode_study(data, args.file, contract.DEFAULT_IMAGE_SIZE)
+        lines = predict_study(data, args.file, pixels, args.model_dir, args.gradcam)
     except StudyError as error:
         raise SystemExit(f"{PROG}: {error}") from None
     print("\n".join(lines))

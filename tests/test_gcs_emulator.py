@@ -208,7 +208,7 @@ def test_predictions_on_the_bucket_match_a_local_run(walkthrough, local_raw, gcs
     model_dir = storage.local_view(walkthrough["export"], str(tmp_path / "export"))
     output_path = str(tmp_path / "predictions" / "predictions")
     batch_predict.run([f"--model_dir={model_dir}", f"--input_pattern={local_raw}/rsna/stage_2_train_images/*.dcm",
-                       f"--output_path={output_path}", "--image_size=32"])
+                       f"--output_path={output_path}"])
 
     def rows_by_file(data: str) -> dict[str, dict[str, str]]:
         return {os.path.basename(row["uri"]): row for row in csv.DictReader(io.StringIO(data))}

@@ -200,7 +200,6 @@ PREDICT_SAMPLES = {
     "model_dir": "gs://bucket/models/run-1/model/export",
     "input_pattern": "gs://bucket/incoming/*.dcm",
     "output_path": "gs://bucket/predictions/run-1/predictions",
-    "image_size": "224",
 }
 
 

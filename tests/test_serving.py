@@ -79,6 +79,21 @@ def export_dir(job_dir) -> str:
     return os.path.join(job_dir, "export")
 
 
+def save_signatures(export_dir: str, signatures: dict[str, tf.types.experimental.ConcreteFunction]) -> None:
+    """A SavedModel with these signatures only, as another exporter could write it."""
+    tf.saved_model.save(tf.Module(), export_dir, signatures=signatures)
+
+
+@pytest.fixture(scope="module")
+def export_without_contract(tmp_path_factory) -> str:
+    """A SavedModel that serves examples but states nothing about itself: no `metadata` signature."""
+    export_dir = str(tmp_path_factory.mktemp("export_without_contract"))
+    serve = tf.function(lambda examples: {"probabilities": tf.zeros([tf.size(examples), 3])},
+                        input_signature=[tf.TensorSpec([None], tf.string)])
+    save_signatures(export_dir, {contract.SERVING_EXAMPLES_SIGNATURE: serve.get_concrete_function()})
+    return export_dir
+
+
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory) -> str:
     """images/ with DICOMs of several encodings, a PNG and two bad files; labels.csv lists the good ones."""
@@ -104,7 +119,7 @@ def studies(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def glob_run(studies, export_dir, tmp_path_factory) -> str:
     output_path = str(tmp_path_factory.mktemp("glob_run") / "predictions")
-    # No --image_size: the model states its own (64, not the default 128).
+    # The model states its image size (64, not the default 128).
     predict.run([f"--model_dir={export_dir}", f"--input_pattern={studies}/images/*", f"--output_path={output_path}"])
     return output_path
 
@@ -134,22 +149,24 @@ def test_the_model_store_reads_the_contract_of_a_job_dir_or_its_export(job_dir, 
         assert loaded.contract == model_contract()
         assert set(loaded.signatures) == {contract.SERVING_EXAMPLES_SIGNATURE, contract.SERVING_PNG_SIGNATURE,
                                           contract.SERVING_METADATA_SIGNATURE}
-        assert model_store.image_size(loaded, None) == model_store.image_size(loaded, IMAGE_SIZE) == IMAGE_SIZE
-        with pytest.raises(model_store.ModelStoreError, match="--image_size 32 contradicts the model"):
-            model_store.image_size(loaded, 32)
 
 
-def test_a_model_exported_before_the_contract_is_served_at_the_flag_size(tmp_path):
-    module = tf.Module()
-    module.serve = tf.function(lambda examples: {"probabilities": tf.zeros([tf.size(examples), 3])},
-                               input_signature=[tf.TensorSpec([None], tf.string)])
-    tf.saved_model.save(module, str(tmp_path), signatures={contract.SERVING_EXAMPLES_SIGNATURE: module.serve})
+def test_an_export_without_its_contract_is_refused(export_without_contract):
+    with pytest.raises(model_store.ModelStoreError, match=re.escape(
+            f"the model in {export_without_contract} cannot be served: this export has no metadata signature: "
+            "re-export it with the current trainer")):
+        model_store.load(export_without_contract)
 
-    loaded = model_store.load(str(tmp_path))
 
-    assert loaded.contract is None
-    assert model_store.image_size(loaded, None) == contract.DEFAULT_IMAGE_SIZE
-    assert model_store.image_size(loaded, 96) == 96
+def test_an_export_with_an_incomplete_contract_is_refused(tmp_path):
+    outputs = {name: value for name, value in model_contract().as_tensors().items()
+               if name != contract.METADATA_DECISION_RULE}
+    metadata = tf.function(lambda: outputs, input_signature=[])
+    save_signatures(str(tmp_path), {contract.SERVING_METADATA_SIGNATURE: metadata.get_concrete_function()})
+
+    lacks = f"its metadata signature lacks '{contract.METADATA_DECISION_RULE}': re-export it with the current trainer"
+    with pytest.raises(model_store.ModelStoreError, match=re.escape(lacks)):
+        model_store.load(str(tmp_path))
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -228,8 +245,7 @@ def test_csv_listing_resolves_relative_uris_and_rejects_missing_files(studies, e
         ])
     output_path = str(tmp_path / "predictions")
 
-    predict.run([f"--model_dir={export_dir}", f"--input_pattern={listing}", f"--output_path={output_path}",
-                 f"--image_size={IMAGE_SIZE}"])  # Deprecated, still accepted when it agrees with the model.
+    predict.run([f"--model_dir={export_dir}", f"--input_pattern={listing}", f"--output_path={output_path}"])
 
     rows = read_prediction_rows(output_path)
     first, second = (os.path.join(studies, "images", name) for name in ("study-0.dcm", "study-1.dcm"))
@@ -262,19 +278,19 @@ def test_predictions_equal_the_served_training_records(studies, glob_run, traini
 
 @pytest.mark.parametrize("flags, message", [
     (["--input_pattern={studies}/images/*.jpg"], "matches no files"),
-    (["--input_pattern={studies}/labels.csv", "--image_size=32"],
-     "--image_size 32 contradicts the model in {export_dir}, which takes 64x64 images"),
+    (["--input_pattern={studies}/labels.csv", "--model_dir={bare}"],
+     "the model in {bare} cannot be served: this export has no metadata signature"),
     (["--input_pattern={studies}/labels.csv", "--model_dir={studies}"], "{studies} holds no SavedModel"),
     (["--input_pattern={studies}/images/*", "--output_path={studies}/out/"], "is a file prefix"),
 ])
-def test_bad_flags_fail_before_the_job_starts(flags, message, studies, export_dir, capsys):
+def test_bad_flags_fail_before_the_job_starts(flags, message, studies, export_dir, export_without_contract, capsys):
     defaults = [f"--model_dir={export_dir}", f"--output_path={studies}/unused/predictions"]
 
     with pytest.raises(SystemExit) as exit_info:
-        predict.run(defaults + [flag.format(studies=studies) for flag in flags])
+        predict.run(defaults + [flag.format(studies=studies, bare=export_without_contract) for flag in flags])
 
     assert exit_info.value.code == 2
-    assert message.format(studies=studies, export_dir=export_dir) in capsys.readouterr().err
+    assert message.format(studies=studies, bare=export_without_contract) in capsys.readouterr().err
     assert not os.path.exists(os.path.join(studies, "unused"))
 
 
@@ -323,20 +339,21 @@ def test_study_reports_an_unreadable_file_in_one_line(name, message, studies, jo
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--image_size=32"], "--image_size 32 contradicts the model in {export}, which takes 64x64 images (its "
-                          "metadata); omit --image_size"),
+    (["--model_dir={bare}"], "the model in {bare} cannot be served: this export has no metadata signature: "
+                             "re-export it with the current trainer"),
     (["--gradcam={tmp}/gradcam.png", "--model_dir={tmp}/copied_export"], "Grad-CAM needs the model.keras"),
     (["--model_dir={tmp}"], "holds no SavedModel"),
     (["--gradcam={tmp}/missing/gradcam.png"], "cannot write {tmp}/missing/gradcam.png"),
 ])
-def test_study_reports_model_and_output_problems_in_one_line(flags, message, studies, job_dir, tmp_path):
+def test_study_reports_model_and_output_problems_in_one_line(flags, message, studies, job_dir,
+                                                             export_without_contract, tmp_path):
     os.symlink(os.path.join(job_dir, "export"), tmp_path / "copied_export")
     argv = [os.path.join(studies, "images", "study-0.dcm"), f"--model_dir={job_dir}"]
 
     with pytest.raises(SystemExit) as exit_info:
-        study.main(argv + [flag.format(tmp=tmp_path) for flag in flags])
+        study.main(argv + [flag.format(tmp=tmp_path, bare=export_without_contract) for flag in flags])
 
-    expected = message.format(tmp=tmp_path, export=os.path.join(job_dir, "export"))
+    expected = message.format(tmp=tmp_path, bare=export_without_contract)
     assert expected in str(exit_info.value.code) and "\n" not in str(exit_info.value.code)
     assert not (tmp_path / "gradcam.png").exists()
 
