@@ -1,0 +1,132 @@
+"""The shortcut audit: the single-source flag, the source probe, the Grad-CAM central share, the baseline."""
+
+import json
+
+import numpy as np
+import pytest
+import sklearn.metrics
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import KFold, cross_val_predict
+
+from cxr_core import contract
+from trainer import pixel_baseline, saliency, shortcut_audit
+from trainer.metrics import SplitPredictions, split_metrics
+
+MANIFEST_TABLE = {"covid": {"covid19": 120, "normal": 20, "pneumonia": 15},
+                  "rsna": {"covid19": 0, "normal": 300, "pneumonia": 280}}
+
+
+def two_source_images(num_patients: int, images_per_patient: int, source_shift: float, seed: int):
+    """Features [N, 32], sources, patients, labels: half the patients per source, every class in both sources."""
+    rng = np.random.default_rng(seed)
+    patient_sources = np.where(np.arange(num_patients) % 2 == 0, "covid", "rsna")
+    patient_labels = (np.arange(num_patients) // 2) % 3
+    patient_of_image = np.repeat(np.arange(num_patients), images_per_patient)
+    sources, labels = patient_sources[patient_of_image], patient_labels[patient_of_image]
+    features = rng.normal(0.0, 1.0, (len(sources), 32))
+    features[:, :4] += source_shift * (sources == "covid")[:, None]
+    patients = np.array([f"patient-{index}" for index in patient_of_image])
+    return features, sources, patients, labels
+
+
+def test_the_probe_finds_the_source_in_features_that_carry_it():
+    features, sources, patients, labels = two_source_images(90, 2, source_shift=2.0, seed=0)
+    probe = shortcut_audit.source_probe(features, sources, patients, labels)
+    assert probe.sources == ("covid", "rsna")
+    assert probe.folds == shortcut_audit.PROBE_FOLDS
+    assert probe.roc_auc > 0.95
+    assert all(auc > 0.9 for auc in probe.within_class.values())
+    audit = shortcut_audit.ShortcutAudit(None, probe, None, None)
+    assert sum("tell the sources apart" in warning for warning in audit.warnings()) == 3
+
+
+def test_the_probe_finds_nothing_in_features_that_do_not_carry_the_source():
+    features, sources, patients, labels = two_source_images(90, 2, source_shift=0.0, seed=1)
+    probe = shortcut_audit.source_probe(features, sources, patients, labels)
+    assert abs(probe.roc_auc - 0.5) < 0.15
+    assert shortcut_audit.ShortcutAudit(None, probe, None, None).warnings() == []
+
+
+def test_the_probe_keeps_a_patients_images_in_one_fold():
+    # Each patient's images share a random vector (the patient, not the source): a probe that saw the
+    # patient in training recognises it, so only folds by patient show that the source is not there.
+    rng = np.random.default_rng(2)
+    _, sources, patients, labels = two_source_images(60, 4, source_shift=0.0, seed=2)
+    patient_vectors = rng.normal(0.0, 1.0, (60, 32))
+    features = patient_vectors[np.repeat(np.arange(60), 4)] + rng.normal(0.0, 0.05, (240, 32))
+    probe = shortcut_audit.source_probe(features, sources, patients, labels)
+    assert abs(probe.roc_auc - 0.5) < 0.2
+    leaky = cross_val_predict(LogisticRegression(max_iter=2000), features, sources == "covid",
+                              cv=KFold(5, shuffle=True, random_state=0), method="predict_proba")[:, 1]
+    assert sklearn.metrics.roc_auc_score(sources == "covid", leaky) > 0.9
+
+
+def test_one_source_gets_no_probe():
+    features, _, patients, labels = two_source_images(30, 1, source_shift=2.0, seed=3)
+    probe = shortcut_audit.source_probe(features, np.full(30, "rsna"), patients, labels)
+    assert probe.roc_auc is None and probe.note == "one source: no probe"
+    assert set(probe.within_class.values()) == {None}
+
+
+def test_a_class_drawn_from_one_source_is_flagged_from_the_manifest(tmp_path):
+    (tmp_path / contract.MANIFEST_FILE).write_text(json.dumps({"originals_by_source": MANIFEST_TABLE}))
+    table = shortcut_audit.source_table_from_manifest(shortcut_audit.read_manifest(str(tmp_path)))
+    assert table.counts["rsna"] == {"normal": 300, "pneumonia": 280, "covid19": 0}
+    assert table.single_source_classes() == {"covid19": "covid"}
+    audit = shortcut_audit.ShortcutAudit(table, None, None, None)
+    assert audit.warnings() == ["covid19 comes only from covid: covid19 vs the rest can be learnt from the source; "
+                                "read the within-source ROC-AUC"]
+    printed = shortcut_audit.format_audit(audit, "test").splitlines()
+    assert printed[2] == f"WARNING: {audit.warnings()[0]}"
+    assert printed[6].split() == ["covid", "20", "15", "120"]
+
+
+def test_without_a_manifest_table_the_counts_come_from_the_records(tmp_path):
+    assert shortcut_audit.read_manifest(str(tmp_path)) is None
+    (tmp_path / contract.MANIFEST_FILE).write_text(json.dumps({"originals": {}}))
+    assert shortcut_audit.source_table_from_manifest(shortcut_audit.read_manifest(str(tmp_path))) is None
+    table = shortcut_audit.source_table_from_records(np.array([0, 1, 2, 2, 0]),
+                                                     np.array(["a", "a", "b", "b", "b"]), "val and test records")
+    assert table.counts == {"a": {"normal": 1, "pneumonia": 1, "covid19": 0},
+                            "b": {"normal": 1, "pneumonia": 0, "covid19": 2}}
+    assert table.single_source_classes() == {"pneumonia": "a", "covid19": "b"}
+    one_source = shortcut_audit.source_table_from_records(np.array([0, 1, 2]), np.full(3, "a"), "records")
+    assert one_source.single_source_classes() == {}
+
+
+def test_central_share_is_averaged_by_predicted_class():
+    size = 32
+    band = round(size * saliency.BORDER_FRACTION)
+    centre, border = np.zeros((size, size)), np.zeros((size, size))
+    centre[band:-band, band:-band] = 1.0
+    border[:band] = 1.0
+    maps = np.stack([centre, border, centre, np.zeros((size, size))])
+    share = shortcut_audit.central_share_by_class(maps, np.array([0, 0, 2, 2]))
+    assert share.mean == {"normal": 0.5, "pneumonia": None, "covid19": 1.0}
+    assert share.images == {"normal": 2, "pneumonia": 0, "covid19": 1}  # An empty map is left out.
+    audit = shortcut_audit.ShortcutAudit(None, None, share, None)
+    assert audit.warnings() == [f"Grad-CAM of the images predicted normal lies mostly on the border (central share "
+                                f"0.50, {saliency.UNIFORM_CENTRAL_SHARE:.2f} if spread evenly)"]
+
+
+def test_a_model_that_does_not_beat_the_pixel_baseline_is_flagged():
+    rng = np.random.default_rng(4)
+    labels = np.tile(np.arange(3), 40)
+    images = rng.integers(40, 120, (len(labels), 32, 32)).astype(np.uint8)
+    for image, label in zip(images, labels):
+        image[:, label * 10:(label + 1) * 10] += 80  # The class is where a bright band lies.
+    thumbnails = pixel_baseline.thumbnails(images)
+    baseline = pixel_baseline.fit(thumbnails[:60], labels[:60], thumbnails[60:90], labels[60:90])
+    sources = np.where(np.arange(30) % 2 == 0, "covid", "rsna")
+    guessing = SplitPredictions(labels[90:], rng.dirichlet(np.ones(3), 30), sources, None)
+    comparison = shortcut_audit.baseline_comparison(
+        baseline, {"test": thumbnails[90:]}, {"test": guessing}, {"test": split_metrics(guessing, resamples=0)},
+        resamples=0)
+    assert comparison.baseline["test"].overall.macro.roc_auc.value > 0.95
+    warnings = shortcut_audit.ShortcutAudit(None, None, None, comparison).warnings()
+    assert warnings[0].startswith("on test the model does not beat logistic regression on 32x32 thumbnails")
+    assert {warning.split(" the model")[0] for warning in warnings} == {
+        "on test", "on test within covid", "on test within rsna"}
+    printed = shortcut_audit.format_audit(shortcut_audit.ShortcutAudit(None, None, None, comparison), "test")
+    assert "test overall baseline" in printed and "test rsna model" in printed
+    assert json.loads(json.dumps(comparison.to_json()))["roc_auc"]["test"]["baseline"]["overall"]["macro"] > 0.95
