@@ -1,5 +1,8 @@
 """The preprocess job over a mixed set of bad inputs, in both local running modes.
 
+The worker-thread run is read by most tests; the worker-process run (slow) by those that
+compare the two modes or check what worker processes print.
+
 Patient ids, file names and folder names below the source roots are distinctive strings,
 so that any of them reaching an output file or a log line is caught. Every input must
 be used or rejected (`listed = used + rejected`), and the records must not depend on
@@ -185,19 +188,26 @@ def everything_printed_and_logged(sink_path: str):
         sink.write(handler.stream.getvalue())
 
 
-@pytest.fixture(scope="module")
-def runs(raw, tmp_path_factory) -> dict:
-    """One job per running mode; "log" is everything they printed or logged."""
-    results = {}
-    log_path = str(tmp_path_factory.mktemp("logs") / "jobs.log")
+def logged_run(raw: str, tmp_path_factory, mode: str, *beam_flags: str) -> tuple[str, dict, str]:
+    """One job: its output folder, its manifest and everything it printed or logged."""
+    output_dir = str(tmp_path_factory.mktemp(mode))
+    log_path = str(tmp_path_factory.mktemp(f"{mode}_log") / "job.log")
     with everything_printed_and_logged(log_path):
-        for mode, flags in {"threads": ["--direct_num_workers=8", "--direct_running_mode=multi_threading"],
-                            "processes": ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]}.items():
-            output_dir = str(tmp_path_factory.mktemp(mode))
-            results[mode] = (output_dir, run_job(raw, output_dir, *flags))
+        manifest = run_job(raw, output_dir, *beam_flags)
     with open(log_path, errors="replace") as handle:
-        results["log"] = handle.read()
-    return results
+        return output_dir, manifest, handle.read()
+
+
+@pytest.fixture(scope="module")
+def threads_run(raw, tmp_path_factory) -> tuple[str, dict, str]:
+    return logged_run(raw, tmp_path_factory, "threads", "--direct_num_workers=8",
+                      "--direct_running_mode=multi_threading")
+
+
+@pytest.fixture(scope="module")
+def processes_run(raw, tmp_path_factory) -> tuple[str, dict, str]:
+    return logged_run(raw, tmp_path_factory, "processes", "--direct_num_workers=2",
+                      "--direct_running_mode=multi_processing")
 
 
 def read_rejected(output_dir: str) -> list[dict]:
@@ -206,8 +216,8 @@ def read_rejected(output_dir: str) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def test_every_input_is_used_or_rejected_with_its_kind(runs):
-    output_dir, manifest = runs["threads"]
+def test_every_input_is_used_or_rejected_with_its_kind(threads_run):
+    output_dir, manifest, _ = threads_run
     rejected = read_rejected(output_dir)
     inputs = manifest["inputs"]
     assert inputs["listed"] == inputs["used"] + inputs["rejected"] == 16 + 9 + 13
@@ -231,18 +241,20 @@ def output_texts(output_dir: str) -> dict[str, bytes]:
     return texts
 
 
-def test_no_patient_id_or_path_below_the_roots_reaches_an_output_or_a_log(runs):
-    for mode in ("threads", "processes"):
-        texts = output_texts(runs[mode][0])
-        assert {"manifest.json", "rejected-00000-of-00001.jsonl"} <= set(texts)
-        for name, data in texts.items():
-            assert not [word for word in DISTINCTIVE if word.encode() in data], name
-    assert "inputs listed 38" in runs["log"] and "DATASET WARNING" in runs["log"], "the capture works"
-    assert not [word for word in DISTINCTIVE if word in runs["log"]]
+@pytest.mark.parametrize("mode", ["threads", pytest.param("processes", marks=pytest.mark.slow)])
+def test_no_patient_id_or_path_below_the_roots_reaches_an_output_or_a_log(mode, request):
+    output_dir, _, log = request.getfixturevalue(f"{mode}_run")
+    texts = output_texts(output_dir)
+    assert {"manifest.json", "rejected-00000-of-00001.jsonl"} <= set(texts)
+    for name, data in texts.items():
+        assert not [word for word in DISTINCTIVE if word.encode() in data], name
+    assert "inputs listed 38" in log and "DATASET WARNING" in log, "the capture works"
+    assert not [word for word in DISTINCTIVE if word in log]
 
 
-def test_threads_and_processes_give_identical_records(runs):
-    threads, processes = (output_texts(runs[mode][0]) for mode in ("threads", "processes"))
+@pytest.mark.slow
+def test_threads_and_processes_give_identical_records(threads_run, processes_run):
+    threads, processes = (output_texts(run[0]) for run in (threads_run, processes_run))
     shards = sorted(name for name in threads if name.endswith(contract.TFRECORD_SUFFIX))
     assert shards and shards == sorted(name for name in processes if name.endswith(contract.TFRECORD_SUFFIX))
     for name in shards:

@@ -1,4 +1,8 @@
-"""The preprocess job end to end, on the synthetic layouts plus every kind of bad input."""
+"""The preprocess job end to end, on the synthetic layouts plus every kind of bad input.
+
+The job runs once in this process (`job`) and once from the command line with worker
+processes (`command_line_job`, slow); the tests read their outputs and never change them.
+"""
 
 import collections
 import glob
@@ -6,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -97,9 +102,42 @@ def run_job(raw_dir: str, output_dir: str, *extra: str) -> dict:
 
 @pytest.fixture(scope="module")
 def job(raw_dir, tmp_path_factory) -> tuple[str, dict]:
-    output_dir = str(tmp_path_factory.mktemp("out_parallel"))
-    manifest = run_job(raw_dir, output_dir, "--direct_num_workers=2", "--direct_running_mode=multi_processing")
+    output_dir = str(tmp_path_factory.mktemp("out_in_memory"))
+    manifest = run_job(raw_dir, output_dir)
     return output_dir, manifest
+
+
+@pytest.fixture(scope="module")
+def command_line_job(raw_dir, tmp_path_factory) -> str:
+    """The same job as `job`, run as `python -m beam_pipelines.preprocess` on two worker processes.
+
+    Run as `__main__`: whatever crosses a worker process boundary must still be importable by
+    name there.
+    """
+    output_dir = str(tmp_path_factory.mktemp("out_command_line"))
+    completed = subprocess.run(
+        [sys.executable, "-m", "beam_pipelines.preprocess", f"--rsna_dir={raw_dir}/rsna",
+         f"--covid_dir={raw_dir}/covid", f"--csv={raw_dir}/own.csv", f"--output_dir={output_dir}",
+         f"--image_size={IMAGE_SIZE}", f"--augment={AUGMENT_FLAG}", "--seed=5", "--target_shard_mb=0.02", KEY_FLAG,
+         "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+        cwd=REPOSITORY, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return output_dir
+
+
+@pytest.fixture(scope="module")
+def covid_rerun(raw_dir, job, tmp_path_factory) -> tuple[str, dict, pathlib.Path]:
+    """The covid source alone, with the key from a file, over a copy of `job`'s output (--overwrite).
+
+    Returns the output folder, the manifest and the key file.
+    """
+    key_file = tmp_path_factory.mktemp("key") / "patient_key"
+    key_file.write_text(PATIENT_KEY + "\n")
+    output_dir = str(tmp_path_factory.mktemp("covid_rerun") / "reused")
+    shutil.copytree(job[0], output_dir)
+    manifest = preprocess.run([f"--covid_dir={raw_dir}/covid", f"--output_dir={output_dir}", "--overwrite",
+                               f"--patient_key_file={key_file}", "--image_size=32"])
+    return output_dir, manifest, key_file
 
 
 def all_records(output_dir: str) -> dict[str, list[tf.train.Example]]:
@@ -206,14 +244,13 @@ def test_manifest_counts_match_the_records(job):
                                          for name in train_shards)
 
 
-def test_a_rerun_on_another_runner_mode_gives_identical_records(job, raw_dir, tmp_path):
-    rerun_dir = str(tmp_path / "out_in_memory")
-    run_job(raw_dir, rerun_dir, "--direct_num_workers=1")
+@pytest.mark.slow
+def test_a_rerun_on_another_runner_mode_gives_identical_records(job, command_line_job):
     first = sorted(os.path.basename(path) for path in glob.glob(f"{job[0]}/*.tfrecord.gz"))
-    assert first == sorted(os.path.basename(path) for path in glob.glob(f"{rerun_dir}/*.tfrecord.gz"))
+    assert first == sorted(os.path.basename(path) for path in glob.glob(f"{command_line_job}/*.tfrecord.gz"))
     for name in first:
         records = [list(tf.data.TFRecordDataset(os.path.join(directory, name), compression_type="GZIP")
-                        .as_numpy_iterator()) for directory in (job[0], rerun_dir)]
+                        .as_numpy_iterator()) for directory in (job[0], command_line_job)]
         assert records[0] == records[1], f"{name} differs between runs"
 
 
@@ -227,6 +264,13 @@ def test_auto_multipliers_balance_the_train_classes(raw_dir, tmp_path):
         assert manifest["examples"]["train"][name] == count * manifest["augmentation_multipliers"][name]
 
 
+@pytest.fixture(scope="module")
+def latin1_csv(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("latin1") / "latin1.csv"
+    path.write_bytes("image_uri,label,patient_id\na.png,normal,1\nb.png,normal,Jos\xe9\n".encode("latin-1"))
+    return str(path)
+
+
 @pytest.mark.parametrize("flags, message", [
     ([KEY_FLAG], "give at least one source"),
     (["--rsna_dir=/nowhere/rsna", KEY_FLAG], "stage_2_train_labels.csv does not exist"),
@@ -238,35 +282,27 @@ def test_auto_multipliers_balance_the_train_classes(raw_dir, tmp_path):
     (["--covid_dir={raw}/covid"], "no patient key: pass --patient_key SECRET or --patient_key_file FILE"),
     (["--covid_dir={raw}/covid", "--patient_key=short"], "use at least 16"),
     (["--covid_dir={raw}/covid", "--patient_key_file={raw}/no-key-here"], "--patient_key_file"),
-    (["--csv={raw}/latin1.csv", KEY_FLAG], "latin1.csv is not valid UTF-8: byte 0xe9 on line 3"),
+    (["--csv={latin1}", KEY_FLAG], "latin1.csv is not valid UTF-8: byte 0xe9 on line 3"),
 ])
-def test_bad_flags_fail_fast_with_a_clear_message(raw_dir, tmp_path, capsys, flags, message):
-    with open(f"{raw_dir}/latin1.csv", "wb") as handle:
-        handle.write("image_uri,label,patient_id\na.png,normal,1\nb.png,normal,Jos\xe9\n".encode("latin-1"))
+def test_bad_flags_fail_fast_with_a_clear_message(raw_dir, latin1_csv, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exited:
-        preprocess.run([flag.format(raw=raw_dir) for flag in flags] + [f"--output_dir={tmp_path}"])
+        preprocess.run([flag.format(raw=raw_dir, latin1=latin1_csv) for flag in flags] + [f"--output_dir={tmp_path}"])
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
     assert not os.listdir(tmp_path), "nothing may be written before the flags are valid"
 
 
-def test_the_key_can_come_from_a_file(raw_dir, tmp_path):
-    key_file = tmp_path / "patient_key"
-    key_file.write_text(PATIENT_KEY + "\n")
-    manifest = preprocess.run([f"--covid_dir={raw_dir}/covid", f"--output_dir={tmp_path / 'out'}",
-                               f"--patient_key_file={key_file}", "--image_size=32"])
+def test_the_key_can_come_from_a_file(covid_rerun):
+    _, manifest, key_file = covid_rerun
     assert manifest["options"]["patient_key_fingerprint"] == splitting.key_fingerprint(PATIENT_KEY)
     assert manifest["options"]["patient_key_file"] == str(key_file)
 
 
-def test_a_used_output_dir_needs_overwrite(job, raw_dir, tmp_path, capsys):
-    output_dir = str(tmp_path / "reused")
-    shutil.copytree(job[0], output_dir)
+def test_a_used_output_dir_needs_overwrite(covid_rerun, raw_dir, capsys):
+    output_dir, manifest, _ = covid_rerun
     with pytest.raises(SystemExit):
         preprocess.run([f"--covid_dir={raw_dir}/covid", f"--output_dir={output_dir}", KEY_FLAG])
     assert "--overwrite" in capsys.readouterr().err
-    manifest = preprocess.run([f"--covid_dir={raw_dir}/covid", f"--output_dir={output_dir}", "--overwrite",
-                               "--image_size=32", KEY_FLAG])
     shards = {os.path.basename(path) for path in glob.glob(f"{output_dir}/*.tfrecord.gz")}
     assert shards == {shard["file"] for shard in manifest["shards"]}, "no shard of the old run is left"
 
@@ -393,17 +429,8 @@ def test_duplicate_reasons_name_the_conflict_and_the_rows():
     assert dict(preprocess.duplicate_verdicts("h", listings[:1])) == {}
 
 
-def test_the_command_line_job_writes_the_same_records(job, raw_dir, tmp_path):
-    """`python -m beam_pipelines.preprocess` runs the job's module as `__main__`: whatever crosses
-    a worker process boundary must still be importable by name there."""
-    output_dir = str(tmp_path / "cli")
-    completed = subprocess.run(
-        [sys.executable, "-m", "beam_pipelines.preprocess", f"--rsna_dir={raw_dir}/rsna",
-         f"--covid_dir={raw_dir}/covid", f"--csv={raw_dir}/own.csv", f"--output_dir={output_dir}",
-         f"--image_size={IMAGE_SIZE}", f"--augment={AUGMENT_FLAG}", "--seed=5", "--target_shard_mb=0.02", KEY_FLAG,
-         "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
-        cwd=REPOSITORY, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stderr[-4000:]
+@pytest.mark.slow
+def test_the_command_line_job_writes_the_same_records(job, command_line_job):
     for split in contract.SPLITS:
-        assert ([example.SerializeToString() for example in read_records(output_dir, split)]
+        assert ([example.SerializeToString() for example in read_records(command_line_job, split)]
                 == [example.SerializeToString() for example in read_records(job[0], split)]), split
