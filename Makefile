@@ -18,7 +18,7 @@ QUIET_TF := 2>&1 | sed -E '/$(TF_STARTUP_LINES)/d'
 # "Location ... is ignored" warning per package otherwise.
 PIP_INSTALL := $(PYTHON) -m pip install -qq --no-warn-script-location
 
-.PHONY: install demo cloud-demo test bench clean
+.PHONY: install demo cloud-demo test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -64,6 +64,10 @@ cloud-demo: install
 
 test: install
 	$(PYTHON) -m pytest -q
+
+# Leaves out the tests marked slow (worker processes, the storage emulator walkthrough; pytest.ini).
+test-fast: install
+	$(PYTHON) -m pytest -q -m "not slow"
 
 bench: install
 	$(PYTHON) -m benchmarks.run --work_dir $(BENCH_DIR) --output BENCHMARKS.md

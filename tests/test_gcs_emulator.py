@@ -4,7 +4,8 @@ The emulator runs in a thread of this process (`infra.gcs_emulator`); processes 
 by a test reach it through the environment the emulator hands out, which also makes any
 request that would go to Google fail at once. The walkthrough of docs/cloud.md, the
 commands `make cloud-demo` runs, is executed as it is and its results compared with runs
-of the same jobs on local folders.
+of the same jobs on local folders. The tests that need the walkthrough, or a new process
+that imports TensorFlow, are marked slow.
 """
 
 import csv
@@ -144,6 +145,7 @@ def test_moving_files_is_resumable_and_refuses_a_file_in_neither_folder(gcs, tmp
         storage.move_files(f"{directory}/staged", f"{directory}/out", ["val-00000-of-00001.tfrecord.gz"])
 
 
+@pytest.mark.slow
 def test_tensorflow_gs_client_does_not_follow_the_emulator(gcs, emulator):
     """TensorFlow's gs:// client ignores STORAGE_EMULATOR_HOST: what it would send to Google fails at once.
 
@@ -158,6 +160,7 @@ def test_tensorflow_gs_client_does_not_follow_the_emulator(gcs, emulator):
     assert result.returncode != 0 and "127.0.0.1 port 9" in result.stderr, result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_walkthrough_writes_every_output_to_the_bucket(walkthrough, gcs):
     records = storage.list_files(walkthrough["tfrecords"])
     assert {contract.MANIFEST_FILE, "rejected-00000-of-00001.jsonl"} <= set(records)
@@ -172,6 +175,7 @@ def test_walkthrough_writes_every_output_to_the_bucket(walkthrough, gcs):
     assert not leftovers, f"temporary files left in the bucket: {leftovers}"
 
 
+@pytest.mark.slow
 def test_shards_and_manifest_are_uploaded_under_temporary_names_then_renamed(walkthrough, gcs):
     """The manifest beside its final name; the shards in the staging folder, published with the manifest."""
     uploaded = walkthrough["requests"].uploaded_names()
@@ -186,6 +190,7 @@ def test_shards_and_manifest_are_uploaded_under_temporary_names_then_renamed(wal
                    for upload in uploaded), f"{name} was not uploaded under a temporary name"
 
 
+@pytest.mark.slow
 def test_preprocess_on_the_bucket_matches_a_local_run(walkthrough, local_raw, gcs, tmp_path):
     gs_manifest = preprocess.read_manifest(walkthrough["tfrecords"])
     options = gs_manifest["options"]
@@ -204,6 +209,7 @@ def test_preprocess_on_the_bucket_matches_a_local_run(walkthrough, local_raw, gc
             assert storage.read_bytes(f"{walkthrough['tfrecords']}/{shard['file']}") == local_shard.read(), shard
 
 
+@pytest.mark.slow
 def test_predictions_on_the_bucket_match_a_local_run(walkthrough, local_raw, gcs, tmp_path):
     model_dir = storage.local_view(walkthrough["export"], str(tmp_path / "export"))
     output_path = str(tmp_path / "predictions" / "predictions")
@@ -225,6 +231,7 @@ def test_predictions_on_the_bucket_match_a_local_run(walkthrough, local_raw, gcs
                                    [float(local[name][column]) for column in columns], atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["gs", "local"])
 def test_overwrite_also_deletes_an_interrupted_runs_temporary_files(walkthrough, gcs, tmp_path, capsys, where):
     output_dir = f"{gcs}/overwrite" if where == "gs" else str(tmp_path / "overwrite")

@@ -272,6 +272,7 @@ def test_plan_splits_covid_images_into_patients_of_one_to_four():
 
 # --- pipeline behaviour ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_bytes_on_another_runner_mode(synthetic_dir, tmp_path):
     _synthesize(tmp_path / "again", "--direct_num_workers", "2", "--direct_running_mode", "multi_processing")
     _synthesize(tmp_path / "other_seed", seed=SEED + 1)
