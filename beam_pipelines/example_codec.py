@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from beam_pipelines.demographics import UNKNOWN
 from cxr_core import augmentation, contract, imaging
 
 _Field = descriptor_pb2.FieldDescriptorProto
@@ -60,7 +61,7 @@ Example, Features, Feature, BytesList, Int64List = (
 
 @dataclasses.dataclass(frozen=True)
 class ExampleFields:
-    """Everything a record carries besides the pixels; ids are already pseudonymous."""
+    """Everything a record carries besides the pixels; ids are already pseudonymous, sex and age coarse."""
 
     label: str
     image_id: str
@@ -68,6 +69,8 @@ class ExampleFields:
     view: str
     patient_id: str
     augmentation: int = 0
+    sex: str = UNKNOWN
+    age_band: str = UNKNOWN
 
 
 def _bytes(value: bytes | str) -> Feature:
@@ -100,6 +103,8 @@ def encode_example(png: bytes, height: int, width: int, fields: ExampleFields) -
         contract.SOURCE: _bytes(fields.source),
         contract.VIEW: _bytes(fields.view),
         contract.PATIENT_ID: _bytes(fields.patient_id),
+        contract.PATIENT_SEX: _bytes(fields.sex),
+        contract.PATIENT_AGE_BAND: _bytes(fields.age_band),
     }
     return Example(features=Features(feature=feature))
 

@@ -50,10 +50,40 @@ def split_class_table(counts: dict[tuple[str, str], int]) -> dict[str, dict[str,
             for split in contract.SPLITS}
 
 
+def source_class_table(counts: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    """{(source, class): n} → {source: {class: n}} with every class present, for the sources in `counts`."""
+    return {source: {name: counts.get((source, name), 0) for name in contract.CLASS_NAMES}
+            for source in sorted({source for source, _ in counts})}
+
+
 def coverage_warnings(patients: dict[str, dict[str, int]]) -> list[str]:
     """A class with no patient in val or test cannot be evaluated: say so loudly."""
     return [f"class {name!r} has no patient in the {split} split; its metrics there are undefined"
             for split in ("val", "test") for name in contract.CLASS_NAMES if patients[split][name] == 0]
+
+
+def single_source_warnings(by_source: dict[str, dict[str, int]]) -> list[str]:
+    """A class drawn from one source while others come from more: a model can tell it by its source.
+
+    Images carry their source in their look (scanner, processing, framing, markers), so
+    such a class is separable without looking at the lungs (DeGrave et al., 2021).
+    """
+    if len(by_source) < 2:
+        return []
+    warnings = []
+    for name in contract.CLASS_NAMES:
+        holders = [source for source, classes in by_source.items() if classes[name]]
+        if len(holders) == 1:
+            warnings.append(f"{name} comes only from {holders[0]}: {name} vs the rest can be learnt from the source")
+    return warnings
+
+
+def split_by_image_warnings(options: dict) -> list[str]:
+    """An image folder without a patient pattern is split by image: one patient's images can be in two splits."""
+    if options.get("image_folder") and not options.get("patient_id_regex"):
+        return ["--image_folder has no --patient_id_regex, so its images are split by image, not by patient: "
+                "images of one patient can be in train and test; pass --patient_id_regex to split by patient"]
+    return []
 
 
 def accounting_errors(inputs_listed: int, used: int, rejected: int, examples: dict[str, dict[str, int]],
@@ -71,15 +101,18 @@ def accounting_errors(inputs_listed: int, used: int, rejected: int, examples: di
 
 
 def build_manifest(*, options: dict, multipliers: dict[str, int], inputs_listed: int,
-                   patients: dict, originals: dict, examples: dict, rejected: dict[str, int],
-                   shards: list[dict], notes: dict[str, int]) -> dict:
+                   patients: dict, originals: dict, source_originals: dict, examples: dict,
+                   rejected: dict[str, int], shards: list[dict], notes: dict[str, int]) -> dict:
     """The manifest; `notes` counts used images by what was tolerated in them (e.g. an invalid VOI window).
+
+    `source_originals` counts originals by (source, class) over all splits.
 
     Raises:
       RuntimeError: the counts do not add up (`accounting_errors`).
     """
     patient_table = split_class_table(patients)
     originals_table = split_class_table(originals)
+    by_source = source_class_table(source_originals)
     examples_table = split_class_table(examples)
     used = sum(originals.values())
     rejected_total = sum(rejected.values())
@@ -93,12 +126,14 @@ def build_manifest(*, options: dict, multipliers: dict[str, int], inputs_listed:
         "inputs": {"listed": inputs_listed, "used": used, "rejected": rejected_total},
         "patients": patient_table,
         "originals": originals_table,
+        "originals_by_source": by_source,
         "examples": examples_table,
         "rejected": dict(sorted(rejected.items())),
         "notes": dict(sorted(notes.items())),
         "shards": sorted(shards, key=lambda shard: shard["file"]),
         "packages": package_versions(),
-        "warnings": coverage_warnings(patient_table),
+        "warnings": (single_source_warnings(by_source) + split_by_image_warnings(options)
+                     + coverage_warnings(patient_table)),
     }
 
 
@@ -114,14 +149,14 @@ class WriteManifestFn(beam.DoFn):
         self._staging_dir = staging_dir
         self._options = options
 
-    def process(self, _, multipliers, inputs_listed, patients, originals, examples, rejected,
+    def process(self, _, multipliers, inputs_listed, patients, originals, source_originals, examples, rejected,
                 shards, rejected_files, notes) -> Iterator[dict]:
         del rejected_files  # a side input only so that the manifest is written after them
         try:
             manifest = build_manifest(
                 options=self._options, multipliers=multipliers, inputs_listed=inputs_listed,
-                patients=dict(patients), originals=dict(originals), examples=dict(examples),
-                rejected=dict(rejected), shards=list(shards), notes=dict(notes))
+                patients=dict(patients), originals=dict(originals), source_originals=dict(source_originals),
+                examples=dict(examples), rejected=dict(rejected), shards=list(shards), notes=dict(notes))
         except RuntimeError as error:
             raise RuntimeError(f"{error}; the shards stay unpublished in {self._staging_dir}") from None
         storage.move_files(self._staging_dir, self._output_dir, [shard["file"] for shard in manifest["shards"]])
@@ -137,20 +172,33 @@ def read_manifest(output_dir: str) -> dict:
         return json.loads(handle.read().decode("utf-8"))
 
 
+def format_source_table(by_source: dict[str, dict[str, int]]) -> list[str]:
+    """Originals per source × class (all splits), one line per source."""
+    width = max([len("source"), *map(len, by_source)]) + 2
+    header = f"{'source':<{width}}" + "".join(f"{name:>{len(name) + 2}}" for name in contract.CLASS_NAMES)
+    lines = [header, "-" * len(header)]
+    for source, classes in by_source.items():
+        lines.append(f"{source:<{width}}" + "".join(f"{classes[name]:>{len(name) + 2}}"
+                                                     for name in contract.CLASS_NAMES))
+    return lines
+
+
 def format_summary(manifest: dict) -> str:
-    """Patients / originals / examples per split × class, then rejections and warnings."""
+    """The printed summary: warnings first, then the split × class and source × class tables, rejections."""
+    lines = [f"WARNING: {warning}" for warning in manifest["warnings"]]
     width = max(len(name) for name in contract.CLASS_NAMES) + 2
     header = f"{'split':<7}{'class':<{width}}{'patients':>10}{'originals':>11}{'examples':>10}"
-    lines = [header, "-" * len(header)]
+    lines.extend([header, "-" * len(header)])
     for split in contract.SPLITS:
         for name in contract.CLASS_NAMES:
             lines.append(f"{split:<7}{name:<{width}}{manifest['patients'][split][name]:>10}"
                          f"{manifest['originals'][split][name]:>11}{manifest['examples'][split][name]:>10}")
+    lines.append("originals per source (all splits):")
+    lines.extend(format_source_table(manifest["originals_by_source"]))
     inputs = manifest["inputs"]
     lines.append(f"inputs listed {inputs['listed']}: used {inputs['used']}, rejected {inputs['rejected']}")
     lines.extend(f"  rejected {key}: {count}" for key, count in manifest["rejected"].items())
     lines.extend(f"  noted {key}: {count}" for key, count in manifest["notes"].items())
     lines.append(f"multipliers: {manifest['augmentation_multipliers']}")
     lines.append(f"shards: {len(manifest['shards'])}")
-    lines.extend(f"WARNING: {warning}" for warning in manifest["warnings"])
     return "\n".join(lines)

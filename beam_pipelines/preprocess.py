@@ -13,6 +13,7 @@ and, last, `manifest.json`, when the shards move from a staging folder into the 
 import argparse
 import hashlib
 import logging
+import posixpath
 import sys
 from collections.abc import Iterable, Iterator
 
@@ -96,7 +97,9 @@ class ReadAndPrepareFn(beam.DoFn):
             patient_match_key=splitting.patient_match_key(self._key, image.patient_id),
             listing=image.listing,
             line=image.line,
-            notes=decoded.notes)
+            notes=decoded.notes,
+            sex=image.sex,
+            age_band=image.age_band)
 
     def _reject(self, image: SourceImage, image_id: str, stage: str, kind: str,
                 reason: str) -> beam.pvalue.TaggedOutput:
@@ -183,7 +186,8 @@ class ExpandExamplesFn(beam.DoFn):
     def process(self, image: PreparedImage, multipliers: dict[str, int]) -> Iterator[EncodedExample]:
         copies = multipliers[image.label] if image.split == "train" else 1
         fields = example_codec.ExampleFields(label=image.label, image_id=image.image_id, source=image.source,
-                                             view=image.view, patient_id=image.patient_key)
+                                             view=image.view, patient_id=image.patient_key, sex=image.sex,
+                                             age_band=image.age_band)
         for copy_index, serialized in example_codec.serialize_with_copies(image.pixels, fields, copies, self._seed):
             (self._augmented if copy_index else self._originals).inc()
             yield EncodedExample(image.split, image.label, image.image_id, copy_index, serialized)
@@ -193,7 +197,8 @@ class ListSources(beam.PTransform):
     """Every configured source, flattened: outputs `images` and `rejected`."""
 
     def __init__(self, rsna_dir: str | None, covid_dir: str | None, csv_path: str | None,
-                 rsna_not_normal: str, patient_key: splitting.PatientKey, allowed_views: frozenset[str]):
+                 rsna_not_normal: str, patient_key: splitting.PatientKey, allowed_views: frozenset[str],
+                 image_folder: sources.ImageFolder | None = None):
         super().__init__()
         self._readers = []
         if rsna_dir:
@@ -202,6 +207,9 @@ class ListSources(beam.PTransform):
             self._readers.append(("Covid", covid_dir, sources.ParseCovidMetadataFn(patient_key, allowed_views)))
         if csv_path:
             self._readers.append(("Csv", csv_path, sources.ParseLabelCsvFn(patient_key, allowed_views)))
+        if image_folder:
+            self._readers.append(("ImageFolder", image_folder.path,
+                                  sources.ParseImageFolderFn(image_folder, patient_key)))
 
     def expand(self, pipeline):
         listed = [pipeline | f"Read{name}" >> sources.ReadSource(location, parse_fn)
@@ -220,6 +228,16 @@ def patient_key_of(args: argparse.Namespace) -> splitting.PatientKey:
     return splitting.PatientKey(value=args.patient_key or "", path=args.patient_key_file or "")
 
 
+def image_folder_of(args: argparse.Namespace) -> sources.ImageFolder | None:
+    """The `--image_folder` and its flags; its source defaults to the folder's own name, sanitised."""
+    if not args.image_folder:
+        return None
+    source = args.image_folder_source or sources.sanitized_source_name(
+        posixpath.basename(args.image_folder.rstrip("/")))
+    return sources.ImageFolder(args.image_folder, source, selection.parse_folder_classes(args.folder_classes or ""),
+                               args.patient_id_regex or "")
+
+
 def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
     """Adds the whole preprocess graph to `pipeline`."""
     fractions = splitting.parse_split(args.split)
@@ -227,7 +245,7 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
     patient_key = patient_key_of(args)
     allowed_views = selection.parse_allowed_views(args.allowed_views)
     listed = pipeline | "ListSources" >> ListSources(args.rsna_dir, args.covid_dir, args.csv, args.rsna_not_normal,
-                                                     patient_key, allowed_views)
+                                                     patient_key, allowed_views, image_folder_of(args))
 
     prepared = (listed["images"]
                 | "FanOut" >> beam.Reshuffle()
@@ -280,6 +298,8 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
                  | "CountPatients" >> beam.combiners.Count.PerElement()),
              originals=side.AsList(_count_per_key(deduplicated.unique, "Originals",
                                                   lambda image: (image.split, image.label))),
+             source_originals=side.AsList(_count_per_key(deduplicated.unique, "SourceOriginals",
+                                                         lambda image: (image.source, image.label))),
              examples=side.AsList(_count_per_key(examples, "Examples",
                                                  lambda example: (example.split, example.label))),
              rejected=side.AsList(_count_per_key(rejected, "Rejected", lambda item: item.counter_key)),
@@ -303,7 +323,23 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="All other flags are Beam pipeline options (--runner, --project, --region, ...).")
     parser.add_argument("--rsna_dir", help="RSNA Pneumonia Detection Challenge folder (local or gs://).")
     parser.add_argument("--covid_dir", help="ieee8023 covid-chestxray-dataset folder (metadata.csv, images/).")
-    parser.add_argument("--csv", help="CSV of image_uri,label,patient_id[,view] for your own data.")
+    parser.add_argument("--csv", help="CSV of image_uri,label,patient_id[,view,source,sex,age] for your own data; "
+                                      "source names the collection or site of a row (default csv).")
+    parser.add_argument("--image_folder",
+                        help="Folder (local or gs://) with one sub-folder of images per class, e.g. "
+                             "No_findings/, Pneumonia/, Covid-19/ or NORMAL/, PNEUMONIA/.")
+    parser.add_argument("--folder_classes",
+                        help="FOLDER=CLASS pairs for --image_folder's sub-folders, e.g. "
+                             "'No_findings=normal,Covid-19=covid19', over defaults for common names (normal, "
+                             "no findings, healthy; pneumonia, bacteria, viral; covid, covid-19), any case. Files "
+                             "in other sub-folders are rejected as unknown_folder.")
+    parser.add_argument("--patient_id_regex",
+                        help="Regular expression with one group that finds the patient id in an --image_folder "
+                             "file name, e.g. 'person(\\d+)_'. Without it every image is its own patient and the "
+                             "split is by image, not patient (the manifest warns).")
+    parser.add_argument("--image_folder_source",
+                        help=f"Source name of --image_folder ({sources.SOURCE_NAME_RULE}); default: the folder's "
+                             "own name, sanitised.")
     parser.add_argument("--output_dir", required=True, help="Where shards, rejected-*.jsonl and manifest.json go.")
     parser.add_argument("--image_size", type=int, default=contract.DEFAULT_IMAGE_SIZE,
                         help="Side of the square output images.")
@@ -345,8 +381,8 @@ def _existing_outputs(output_dir: str) -> list[str]:
 
 def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Fails fast, before any work, on bad flags, missing inputs or a used output dir."""
-    if not (args.rsna_dir or args.covid_dir or args.csv):
-        parser.error("give at least one source: --rsna_dir, --covid_dir or --csv")
+    if not (args.rsna_dir or args.covid_dir or args.csv or args.image_folder):
+        parser.error("give at least one source: --rsna_dir, --covid_dir, --csv or --image_folder")
     if problem := contract.image_size_problem(args.image_size):
         parser.error(f"--image_size: {problem}")
     if args.target_shard_mb <= 0:
@@ -359,11 +395,16 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         splitting.parse_split(args.split)
         augmentation.parse_multipliers(args.augment)
         selection.parse_allowed_views(args.allowed_views)
+        selection.parse_folder_classes(args.folder_classes or "")
     except ValueError as error:
         parser.error(str(error))
+    if args.patient_id_regex and (problem := sources.patient_id_regex_problem(args.patient_id_regex)):
+        parser.error(problem)
+    if args.image_folder_source and (problem := sources.source_name_problem(args.image_folder_source)):
+        parser.error(f"--image_folder_source: {problem}")
     if problem := splitting.patient_key_problem(patient_key_of(args)):
         parser.error(problem)
-    problems = sources.source_problems(args.rsna_dir, args.covid_dir, args.csv)
+    problems = sources.source_problems(args.rsna_dir, args.covid_dir, args.csv, args.image_folder)
     if problems:
         parser.error("input problem: " + "; ".join(problems))
     existing = _existing_outputs(args.output_dir)

@@ -5,6 +5,7 @@ import typing
 
 import numpy as np
 
+from beam_pipelines.demographics import UNKNOWN
 from cxr_core.rejection import listing_location
 
 
@@ -17,7 +18,8 @@ class SourceImage:
     raw id from the source and `image_uri` may contain it: all three are only ever
     hashed, never written or logged. `listing` and `line` say which row of which
     label file listed the image (for RSNA, the patient's first row); rejections and
-    errors name the image by them.
+    errors name the image by them. `sex` and `age_band` are coarse categories
+    (`demographics`), never the listed values.
     """
 
     source: str
@@ -28,6 +30,8 @@ class SourceImage:
     view: str = ""
     listing: str = ""
     line: int = 0
+    sex: str = UNKNOWN
+    age_band: str = UNKNOWN
 
     @property
     def location(self) -> str:
@@ -55,6 +59,8 @@ class PreparedImage:
     listing: str = ""
     line: int = 0
     notes: tuple[str, ...] = ()
+    sex: str = UNKNOWN
+    age_band: str = UNKNOWN
 
     @property
     def location(self) -> str:

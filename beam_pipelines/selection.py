@@ -33,6 +33,15 @@ RADIOGRAPH_MODALITIES = ("CR", "DX")
 
 CLASS_ALIASES = {"normal": "normal", "pneumonia": "pneumonia", "covid19": "covid19",
                  "covid-19": "covid19", "covid": "covid19"}
+# Class folders of image-folder releases (Ozturk et al.'s No_findings/Pneumonia/Covid-19, Kermany et
+# al.'s NORMAL/PNEUMONIA, ...), by `normalize_folder_name`. Bacterial and viral pneumonia are both
+# infections other than COVID-19, so this project's pneumonia.
+DEFAULT_FOLDER_CLASSES = {
+    "normal": "normal", "nofinding": "normal", "nofindings": "normal", "healthy": "normal",
+    "pneumonia": "pneumonia", "bacteria": "pneumonia", "bacterial": "pneumonia", "viral": "pneumonia",
+    "virus": "pneumonia", "bacterialpneumonia": "pneumonia", "viralpneumonia": "pneumonia",
+    "covid": "covid19", "covid19": "covid19", "sarscov2": "covid19",
+}
 MISSING_PATIENT_IDS = frozenset({"", "nan", "null", "none", "na", "n/a"})
 
 
@@ -187,4 +196,37 @@ def csv_verdict(image_key: str, label_text: str, patient_id: str, view: str,
         return missing_patient_id("patient_id")
     if problem := view_problem(view, allowed_views, "listed view"):
         return Verdict.reject("select", "view_not_allowed", problem)
+    return Verdict.accept(label)
+
+
+def normalize_folder_name(name: str) -> str:
+    """`No_findings`, `no finding`, `NO-FINDINGS` → `nofinding(s)`: case, spaces, `_` and `-` ignored."""
+    return re.sub(r"[\s_-]+", "", name.lower())
+
+
+def parse_folder_classes(text: str) -> dict[str, str]:
+    """`--folder_classes` (`FOLDER=CLASS,...`) over the defaults → normalised folder name → class."""
+    classes = dict(DEFAULT_FOLDER_CLASSES)
+    for pair in filter(None, (pair.strip() for pair in text.split(","))):
+        folder, equals, class_text = pair.partition("=")
+        label = CLASS_ALIASES.get(class_text.strip().lower())
+        if not equals or not normalize_folder_name(folder) or label is None:
+            raise ValueError("--folder_classes must be FOLDER=CLASS pairs with CLASS one of normal, pneumonia, "
+                             f"covid19, e.g. No_findings=normal,Covid-19=covid19; got {pair!r}")
+        classes[normalize_folder_name(folder)] = label
+    return classes
+
+
+def image_folder_verdict(folder: str, folder_classes: dict[str, str], patient_id: str) -> Verdict:
+    """A file of an image folder: the class its sub-folder names, if it has a patient.
+
+    The reasons name neither the folder nor the file: folders are often named after patients.
+    """
+    label = folder_classes.get(normalize_folder_name(folder))
+    if label is None:
+        return Verdict.reject("label", "unknown_folder",
+                              "the sub-folder it is in names no class (map it with --folder_classes)")
+    if is_missing_patient_id(patient_id):
+        return Verdict.reject("label", "missing_patient_id",
+                              "--patient_id_regex finds no patient id in the file name")
     return Verdict.accept(label)

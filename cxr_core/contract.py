@@ -26,11 +26,15 @@ AUGMENTATION: Final = "image/augmentation"
 SOURCE: Final = "image/source"
 VIEW: Final = "image/view"
 PATIENT_ID: Final = "patient/id"
+# Coarse categories only (M/F/other/unknown; 10-year bands such as "40-49", "90+", or "unknown"),
+# so that results can be read by sex and age without a record identifying anyone.
+PATIENT_SEX: Final = "patient/sex"
+PATIENT_AGE_BAND: Final = "patient/age_band"
 
 IMAGE_FORMAT_PNG: Final = "png"
 
 BYTES_FEATURES: Final[tuple[str, ...]] = (
-    IMAGE_ENCODED, IMAGE_FORMAT, LABEL_TEXT, IMAGE_ID, SOURCE, VIEW, PATIENT_ID)
+    IMAGE_ENCODED, IMAGE_FORMAT, LABEL_TEXT, IMAGE_ID, SOURCE, VIEW, PATIENT_ID, PATIENT_SEX, PATIENT_AGE_BAND)
 INT64_FEATURES: Final[tuple[str, ...]] = (IMAGE_HEIGHT, IMAGE_WIDTH, LABEL, AUGMENTATION)
 FEATURE_KEYS: Final[frozenset[str]] = frozenset(BYTES_FEATURES + INT64_FEATURES)
 
@@ -38,7 +42,7 @@ SPLITS: Final[tuple[str, ...]] = ("train", "val", "test")
 TFRECORD_SUFFIX: Final = ".tfrecord.gz"
 TFRECORD_COMPRESSION: Final = "GZIP"  # tf.data's compression_type and TFRecordWriter's options name.
 MANIFEST_FILE: Final = "manifest.json"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 # Square image side in pixels. ResNet50 takes no less than 32; above 2048 a record no
 # longer fits comfortably in a tf.data shuffle buffer.

@@ -115,6 +115,7 @@ def write_manifest(pipeline: beam.Pipeline, output_dir: str, staging_dir: str, e
     counts = {("train", "normal"): 2, ("val", "normal"): 1, ("test", "covid19"): 1}
     side = {name: beam.pvalue.AsList(pipeline | f"Side{name}" >> beam.Create(values)) for name, values in {
         "patients": list(counts.items()), "originals": list(counts.items()), "examples": examples,
+        "source_originals": [(("site-a", "normal"), 3), (("rsna", "normal"), 1), (("covid", "covid19"), 1)],
         "rejected": [("read/missing_file", 1)], "shards": shards,
         "rejected_files": ["rejected-00000-of-00001.jsonl"], "notes": [("invalid_voi_window", 1)]}.items()}
     return (pipeline
@@ -150,6 +151,10 @@ def test_manifest_writer_writes_the_counts_it_is_given_and_moves_the_shards_in(b
     assert on_disk["rejected"] == {"read/missing_file": 1}
     assert on_disk["notes"] == {"invalid_voi_window": 1}
     assert any("pneumonia" in warning and "val" in warning for warning in on_disk["warnings"])
+    assert on_disk["originals_by_source"] == {"covid": {"normal": 0, "pneumonia": 0, "covid19": 1},
+                                              "rsna": {"normal": 1, "pneumonia": 0, "covid19": 0},
+                                              "site-a": {"normal": 3, "pneumonia": 0, "covid19": 0}}
+    assert "covid19 comes only from covid: covid19 vs the rest can be learnt from the source" in on_disk["warnings"]
     assert sorted(os.listdir(tmp_path)) == sorted([contract.MANIFEST_FILE] + [shard["file"] for shard in shards])
 
 
@@ -167,12 +172,16 @@ def test_manifest_writer_leaves_the_shards_staged_when_examples_are_missing_from
 def test_list_sources_flattens_every_configured_source(beam_pipeline, tmp_path):
     listing = tmp_path / "labels.csv"
     listing.write_text("image_uri,label,patient_id\na.png,normal,p1\nb.png,covid19,p2\nc.png,flu,p3\n")
+    for name in ("Covid-19/x.png", "Other/y.png"):
+        (tmp_path / "folder" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "folder" / name).write_bytes(b"pixels")
+    folder = sources.ImageFolder(str(tmp_path / "folder"), "folder", selection.parse_folder_classes(""))
     with beam_pipeline as pipeline:
-        listed = pipeline | preprocess.ListSources(None, None, str(listing), "exclude", KEY, VIEWS)
-        assert_that(listed["images"] | beam.Map(lambda image: image.label), equal_to(["normal", "covid19"]),
-                    label="Images")
-        assert_that(listed[rejections.REJECTED] | beam.Map(lambda rejection: rejection.stage), equal_to(["label"]),
-                    label="Rejected")
+        listed = pipeline | preprocess.ListSources(None, None, str(listing), "exclude", KEY, VIEWS, folder)
+        assert_that(listed["images"] | beam.Map(lambda image: (image.source, image.label)),
+                    equal_to([("csv", "normal"), ("csv", "covid19"), ("folder", "covid19")]), label="Images")
+        assert_that(listed[rejections.REJECTED] | beam.Map(lambda rejection: (rejection.source, rejection.kind)),
+                    equal_to([("csv", "unknown_label"), ("folder", "unknown_folder")]), label="Rejected")
 
 
 def prediction_log(probabilities: list[float]) -> prediction_log_pb2.PredictionLog:

@@ -16,6 +16,7 @@ FIELDS = [
     example_codec.ExampleFields("pneumonia", "rsna-0123456789abcdef01234567", "rsna", "AP", "ab" * 32),
     example_codec.ExampleFields("covid19", "covid-ffff", "covid", "", "0" * 64, augmentation=29),
     example_codec.ExampleFields("normal", "csv-é-ü", "csv", "PA", "patient", augmentation=1),
+    example_codec.ExampleFields("normal", "site-a-1", "site-a", "AP", "cd" * 32, sex="F", age_band="90+"),
 ]
 
 
@@ -38,7 +39,8 @@ def tensorflow_example(png: bytes, size: int, fields: example_codec.ExampleField
         contract.LABEL: number(contract.CLASS_IDS[fields.label]), contract.LABEL_TEXT: text(fields.label),
         contract.IMAGE_ID: text(fields.image_id), contract.AUGMENTATION: number(fields.augmentation),
         contract.SOURCE: text(fields.source), contract.VIEW: text(fields.view),
-        contract.PATIENT_ID: text(fields.patient_id)}))
+        contract.PATIENT_ID: text(fields.patient_id), contract.PATIENT_SEX: text(fields.sex),
+        contract.PATIENT_AGE_BAND: text(fields.age_band)}))
 
 
 @pytest.mark.parametrize("index", range(len(FIELDS)))
@@ -48,6 +50,14 @@ def test_records_are_byte_identical_to_tensorflows(index):
     reference = tensorflow_example(imaging.encode_png(image), image.shape[0], FIELDS[index])
     assert ours == reference.SerializeToString(deterministic=True)
     assert tf.train.Example.FromString(ours) == reference
+
+
+def test_sex_and_age_are_unknown_unless_given():
+    fields = example_codec.ExampleFields("normal", "csv-1", "csv", "", "p")
+    feature = example_codec.encode_example(b"png", 8, 8, fields).features.feature
+    assert set(feature) == contract.FEATURE_KEYS
+    assert feature[contract.PATIENT_SEX].bytes_list.value == feature[contract.PATIENT_AGE_BAND].bytes_list.value == [
+        b"unknown"]
 
 
 def test_unknown_label_is_refused():

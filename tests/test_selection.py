@@ -95,3 +95,31 @@ def test_allowed_views_are_normalised_and_never_empty():
     assert selection.parse_allowed_views(" pa, ap  supine ,") == {"PA", "AP SUPINE"}
     with pytest.raises(ValueError, match="--allowed_views must name at least one view"):
         selection.parse_allowed_views(" , ")
+
+
+@pytest.mark.parametrize("folder, expected", [
+    ("No_findings", "normal"), ("NORMAL", "normal"), ("no finding", "normal"), ("Pneumonia", "pneumonia"),
+    ("PNEUMONIA", "pneumonia"), ("bacteria", "pneumonia"), ("Viral", "pneumonia"), ("Covid-19", "covid19"),
+    ("COVID19", "covid19"), ("covid", "covid19"), ("Lung_Opacity", None), ("Jane-Doe", None),
+])
+def test_class_folders_of_public_releases_are_known_by_default(folder, expected):
+    verdict = selection.image_folder_verdict(folder, selection.parse_folder_classes(""), "p1")
+    assert (verdict.label if verdict.accepted else None) == expected
+
+
+def test_folder_classes_add_to_and_override_the_defaults():
+    classes = selection.parse_folder_classes("Lung_Opacity=pneumonia, normal=covid19,Sick=COVID-19")
+    assert classes["lungopacity"] == "pneumonia" and classes["normal"] == "covid19" and classes["sick"] == "covid19"
+    assert classes["nofindings"] == "normal"
+    for bad in ("Lung_Opacity", "Lung_Opacity=flu", "=normal"):
+        with pytest.raises(ValueError, match="--folder_classes must be FOLDER=CLASS pairs"):
+            selection.parse_folder_classes(bad)
+
+
+def test_image_folder_files_need_a_class_folder_then_a_patient():
+    classes = selection.parse_folder_classes("")
+    assert selection.image_folder_verdict("Jane Doe", classes, "") == Verdict.reject(
+        "label", "unknown_folder", "the sub-folder it is in names no class (map it with --folder_classes)")
+    assert selection.image_folder_verdict("NORMAL", classes, "") == Verdict.reject(
+        "label", "missing_patient_id", "--patient_id_regex finds no patient id in the file name")
+    assert selection.image_folder_verdict("NORMAL", classes, "123") == Verdict.accept("normal")

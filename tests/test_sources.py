@@ -352,3 +352,132 @@ def test_every_label_file_has_its_columns_checked_before_launch(tmp_path):
         f"{rsna}/{sources.RSNA_CLASS_INFO_FILE} lacks columns ['class']",
         f"{covid}/metadata.csv lacks columns ['filename']",
     ]
+
+
+# A CSV's own sources and patient categories -----------------------------------------------------
+
+def test_a_csv_row_names_its_own_source_and_coarse_sex_and_age(beam_pipeline, tmp_path):
+    path = tmp_path / "sites.csv"
+    path.write_text("image_uri,label,patient_id,view,source,sex,age\n"
+                    "a.png,normal,1,PA,site-a,F,47\n"
+                    "b.png,pneumonia,2,,site-b-2,male,090Y\n"
+                    "c.png,covid19,3,,,,\n"
+                    "d.png,flu,4,,site-a,F,1961-04-02\n")
+    with beam_pipeline as pipeline:
+        result = pipeline | sources.ReadSource(str(path), sources.ParseLabelCsvFn(KEY, FRONTAL))
+        assert_that(result.images | beam.Map(lambda image: (image.image_key, image.source, image.sex, image.age_band)),
+                    equal_to([("a.png", "site-a", "F", "40-49"), ("b.png", "site-b-2", "M", "90+"),
+                              ("c.png", "csv", "unknown", "unknown")]), label="Images")
+        assert_that(result[rejections.REJECTED] | beam.Map(lambda item: (item.line, item.source, item.image_id)),
+                    equal_to([(5, "site-a", splitting.pseudonymous_image_id(KEY.load(), "site-a", "d.png"))]),
+                    label="Rejected")
+
+
+def test_csv_sources_that_break_the_naming_rule_are_found_before_launch(tmp_path):
+    path = tmp_path / "sites.csv"
+    path.write_text("image_uri,label,patient_id,source\n"
+                    "a.png,normal,1,site-a\nb.png,normal,2,\nc.png,normal,3,Site A\nd.png,normal,4\n"
+                    f"e.png,normal,5,{'x' * 33}\nf.png,normal,6,site_b\n")
+    assert sources.source_problems(None, None, str(path)) == [
+        f"{path} line 4: the source column must hold lowercase letters, digits and dashes, at most 32 characters "
+        "(and 2 more rows)"]
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("nih-chestxray8", False), ("a", False), ("x" * 32, False),
+    ("", True), ("x" * 33, True), ("Site", True), ("site_a", True), ("site a", True), ("sité", True),
+])
+def test_source_names(name, problem):
+    assert (sources.source_name_problem(name) is not None) == problem
+
+
+@pytest.mark.parametrize("folder_name, source", [
+    ("X-Ray Image DataSet", "x-ray-image-dataset"), ("chest_xray", "chest-xray"), ("__", "image-folder"),
+    ("A" * 40, "a" * 32), ("Site " + "b" * 27 + "-c", "site-" + "b" * 27),
+])
+def test_an_image_folder_name_becomes_a_source_name(folder_name, source):
+    assert sources.sanitized_source_name(folder_name) == source
+    assert sources.source_name_problem(source) is None
+
+
+def test_the_covid_reader_passes_sex_and_age_as_categories(tmp_path):
+    root = str(tmp_path / "covid")
+    rows = [covid_later_row("1", "COVID-19", "PA", "X-ray", "a.jpg"), covid_later_row("2", "No Finding", "PA",
+                                                                                      "X-ray", "b.jpg")]
+    rows[0][COVID_LATER_HEADER.index("sex")], rows[0][COVID_LATER_HEADER.index("age")] = "M", "65"
+    write_csv(f"{root}/metadata.csv", COVID_LATER_HEADER, rows)
+    assert [(row.sex, row.age_band) for row in sources.list_covid(root, FRONTAL)] == [
+        ("M", "60-69"), ("unknown", "unknown")]
+
+
+# An image folder: one sub-folder per class ------------------------------------------------------
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """A Kermany-style release: NORMAL/ and PNEUMONIA/, a folder named after a patient, a README at the top."""
+    root = tmp_path / "chest_xray"
+    files = ["NORMAL/IM-0115-0001.jpeg", "NORMAL/IM-0117-0001.jpeg", "PNEUMONIA/person1_bacteria_1.jpeg",
+             "PNEUMONIA/person1_virus_6.jpeg", "PNEUMONIA/person22_bacteria_77.jpeg", "Jane Doe/scan.png"]
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"pixels")
+    (root / "README.md").write_text("not an image of any class")
+    (root / "NORMAL" / "nested").mkdir()
+    (root / "NORMAL" / "nested" / "deeper.png").write_bytes(b"pixels")
+    return root
+
+
+def test_an_image_folder_lists_its_files_by_their_place_in_the_sorted_listing(image_folder):
+    assert sources.image_folder_files(str(image_folder)) == [
+        "Jane Doe/scan.png", "NORMAL/IM-0115-0001.jpeg", "NORMAL/IM-0117-0001.jpeg",
+        "PNEUMONIA/person1_bacteria_1.jpeg", "PNEUMONIA/person1_virus_6.jpeg", "PNEUMONIA/person22_bacteria_77.jpeg"]
+    rows = list(sources.list_image_folder(str(image_folder), selection.parse_folder_classes("")))
+    assert [(row.listing, row.line, row.verdict.label or row.verdict.kind, row.patient_id) for row in rows] == [
+        ("--image_folder", 1, "unknown_folder", "Jane Doe/scan.png"),
+        ("--image_folder", 2, "normal", "NORMAL/IM-0115-0001.jpeg"),
+        ("--image_folder", 3, "normal", "NORMAL/IM-0117-0001.jpeg"),
+        ("--image_folder", 4, "pneumonia", "PNEUMONIA/person1_bacteria_1.jpeg"),
+        ("--image_folder", 5, "pneumonia", "PNEUMONIA/person1_virus_6.jpeg"),
+        ("--image_folder", 6, "pneumonia", "PNEUMONIA/person22_bacteria_77.jpeg"),
+    ]
+    assert rows[1].image_uri == str(image_folder / "NORMAL" / "IM-0115-0001.jpeg")
+
+
+def test_an_image_folder_reader_takes_patients_from_file_names_and_names_no_folder(beam_pipeline, image_folder):
+    folder = sources.ImageFolder(str(image_folder), "kermany", selection.parse_folder_classes(""),
+                                 r"person(\d+)_")
+    with beam_pipeline as pipeline:
+        result = pipeline | sources.ReadSource(folder.path, sources.ParseImageFolderFn(folder, KEY))
+        assert_that(result.images | beam.Map(lambda image: (image.line, image.source, image.label, image.patient_id)),
+                    equal_to([(4, "kermany", "pneumonia", "1"), (5, "kermany", "pneumonia", "1"),
+                              (6, "kermany", "pneumonia", "22")]), label="Images")
+        rejected = result[rejections.REJECTED]
+        assert_that(rejected | beam.Map(lambda item: (item.listing, item.line, item.source, item.stage, item.kind)),
+                    equal_to([("--image_folder", 1, "kermany", "label", "unknown_folder"),
+                              ("--image_folder", 2, "kermany", "label", "missing_patient_id"),
+                              ("--image_folder", 3, "kermany", "label", "missing_patient_id")]), label="Rejected")
+        assert_that(rejected | "Texts" >> beam.Map(lambda item: item.to_json()),
+                    lambda lines: _assert_no_identifier(lines, ["Jane", "IM-0115", str(image_folder)]),
+                    label="NoIdentifiers")
+
+
+@pytest.mark.parametrize("regex, problem", [
+    (r"person(\d+)_", None), (r"^(IM-\d+)-", None),
+    (r"person\d+_", "--patient_id_regex must have exactly one group, the patient id (e.g. person(\\d+)_), not 0"),
+    (r"(person)(\d+)", "--patient_id_regex must have exactly one group, the patient id (e.g. person(\\d+)_), not 2"),
+    (r"person(\d+", "--patient_id_regex is not a regular expression (missing ), unterminated subpattern at "
+                    "position 6)"),
+])
+def test_patient_id_regexes_need_one_group(regex, problem):
+    assert sources.patient_id_regex_problem(regex) == problem
+
+
+def test_an_image_folder_without_files_in_sub_folders_is_refused_before_launch(tmp_path, image_folder):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "a.png").write_bytes(b"pixels")
+    assert sources.source_problems(None, None, None, str(image_folder)) == []
+    assert sources.source_problems(None, None, None, str(flat)) == [
+        f"{flat} does not exist or holds no file in a sub-folder; give one sub-folder of images per class"]
+    assert sources.source_problems(None, None, None, str(tmp_path / "nowhere")) == [
+        f"{tmp_path}/nowhere does not exist or holds no file in a sub-folder; give one sub-folder of images per class"]

@@ -1,0 +1,94 @@
+"""The preprocess job on real radiographs: a fixed sample of real-cxr, read as a CSV and as an image folder.
+
+real-cxr (its README.md says what it is) lies next to the repository, at
+`<repo>/../shared/real-cxr`, and is never copied into it. Its normal and pneumonia images
+all come from NIH ChestX-ray8 and its covid19 images from ieee8023: the job must use every
+sampled image and say loudly that each class comes from one source.
+"""
+
+import csv
+import glob
+import os
+
+import pytest
+import tensorflow as tf
+
+from beam_pipelines import preprocess
+from cxr_core import contract
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REAL_CXR = os.path.normpath(os.path.join(REPOSITORY, "..", "shared", "real-cxr"))
+PER_CLASS = 24  # the first images of each class in sorted order: a fixed sample
+FLAGS = ["--image_size=32", "--augment=normal=1,pneumonia=1,covid19=1", "--min_shards=1",
+         "--patient_key=real-cxr-test-key-0123456789"]
+# Ozturk et al.'s folder names, as their release ships them.
+OZTURK_FOLDERS = {"normal": "No_findings", "pneumonia": "Pneumonia", "covid19": "Covid-19"}
+
+
+@pytest.fixture(scope="module")
+def sample() -> list[dict]:
+    """PER_CLASS rows of each class of real-cxr's labels.csv, with absolute image uris."""
+    labels = os.path.join(REAL_CXR, "labels.csv")
+    if not os.path.exists(labels):
+        pytest.fail(f"the real chest X-rays are missing: {labels} does not exist. They are expected next to the "
+                    "repository, at <repo>/../shared/real-cxr (labels.csv and images/), and are never copied into it")
+    with open(labels, newline="") as handle:
+        rows = sorted(csv.DictReader(handle), key=lambda row: row["image_uri"])
+    chosen = [row for name in contract.CLASS_NAMES if name in OZTURK_FOLDERS
+              for row in [row for row in rows if row["label"] == name][:PER_CLASS]]
+    return [dict(row, image_uri=os.path.join(REAL_CXR, row["image_uri"])) for row in chosen]
+
+
+def records(output_dir: str) -> list[tf.train.Example]:
+    files = sorted(glob.glob(os.path.join(output_dir, "*" + contract.TFRECORD_SUFFIX)))
+    return [tf.train.Example.FromString(raw.numpy())
+            for raw in tf.data.TFRecordDataset(files, compression_type=contract.TFRECORD_COMPRESSION)]
+
+
+def feature_values(examples: list[tf.train.Example], key: str) -> set[bytes]:
+    return {example.features.feature[key].bytes_list.value[0] for example in examples}
+
+
+def test_a_multi_source_csv_of_real_images_is_used_whole_and_its_single_source_classes_flagged(
+        sample, tmp_path, capsys):
+    listing = tmp_path / "labels.csv"
+    with open(listing, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image_uri", "label", "patient_id", "view", "source"])
+        writer.writeheader()
+        writer.writerows(sample)
+    manifest = preprocess.run([f"--csv={listing}", f"--output_dir={tmp_path / 'out'}", *FLAGS])
+
+    assert manifest["inputs"] == {"listed": 3 * PER_CLASS, "used": 3 * PER_CLASS, "rejected": 0}
+    assert manifest["originals_by_source"] == {
+        "ieee8023-covid": {"normal": 0, "pneumonia": 0, "covid19": PER_CLASS},
+        "nih-chestxray8": {"normal": PER_CLASS, "pneumonia": PER_CLASS, "covid19": 0}}
+    flag = "covid19 comes only from ieee8023-covid: covid19 vs the rest can be learnt from the source"
+    assert flag in manifest["warnings"]
+    summary = capsys.readouterr().out.splitlines()
+    assert f"WARNING: {flag}" in summary[:summary.index(next(line for line in summary if line.startswith("split")))]
+    examples = records(str(tmp_path / "out"))
+    assert len(examples) == 3 * PER_CLASS
+    assert feature_values(examples, contract.SOURCE) == {b"nih-chestxray8", b"ieee8023-covid"}
+    for example in examples:
+        feature = example.features.feature
+        assert feature[contract.IMAGE_ID].bytes_list.value[0].startswith(feature[contract.SOURCE].bytes_list.value[0]
+                                                                         + b"-"), "ids are named after the source"
+    assert feature_values(examples, contract.PATIENT_SEX) == feature_values(examples, contract.PATIENT_AGE_BAND) == {
+        b"unknown"}
+
+
+def test_a_release_in_class_folders_is_read_as_an_image_folder(sample, tmp_path, capsys):
+    folder = tmp_path / "X-Ray Image DataSet"
+    for row in sample:
+        link = folder / OZTURK_FOLDERS[row["label"]] / os.path.basename(row["image_uri"])
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(row["image_uri"])
+    manifest = preprocess.run([f"--image_folder={folder}", f"--output_dir={tmp_path / 'out'}", *FLAGS])
+
+    assert manifest["inputs"] == {"listed": 3 * PER_CLASS, "used": 3 * PER_CLASS, "rejected": 0}
+    assert manifest["originals_by_source"] == {
+        "x-ray-image-dataset": {"normal": PER_CLASS, "pneumonia": PER_CLASS, "covid19": PER_CLASS}}
+    assert len([warning for warning in manifest["warnings"] if "split by image" in warning]) == 1
+    assert not [warning for warning in manifest["warnings"] if "comes only from" in warning], "one source only"
+    assert capsys.readouterr().out.splitlines()[0].startswith("WARNING: --image_folder has no --patient_id_regex")
+    assert feature_values(records(str(tmp_path / "out")), contract.SOURCE) == {b"x-ray-image-dataset"}
