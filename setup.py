@@ -19,6 +19,12 @@ REQUIRED_PACKAGES = [
     "tensorboard~=2.21.0",
     # Reference metrics (ROC-AUC, ROC curve, confusion matrix, calibration curve, logistic baselines).
     "scikit-learn~=1.9",
+    # cxr-node's DICOM network: its C-STORE SCP, and C-STORE of results to a PACS.
+    "pynetdicom~=3.0",
+    # cxr-node's results as DICOM: the TID 1500 Structured Report and the heat-map Secondary Capture.
+    "highdicom~=0.28",
+    # cxr-node's STOW-RS of results to a DICOMweb server.
+    "dicomweb-client~=0.61",
 ]
 
 PRODUCTION_PACKAGES = ("cxr_core", "serving", "beam_pipelines", "trainer")
@@ -34,5 +40,5 @@ setuptools.setup(
     install_requires=REQUIRED_PACKAGES,
     # gcp-storage-emulator: the Cloud Storage emulator of tests/test_gcs_emulator.py and `make cloud-demo`.
     extras_require={"test": ["pytest~=9.0", "gcp-storage-emulator==2026.7.19"]},
-    entry_points={"console_scripts": ["cxr-predict=serving.study:main"]},
+    entry_points={"console_scripts": ["cxr-predict=serving.study:main", "cxr-node=serving.dicom_node:main"]},
 )
