@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines import example_codec, reading, selection, sources, splitting, storage
+from beam_pipelines import example_codec, reading, sources, splitting, storage
 from beam_pipelines.manifest import WriteManifestFn, format_summary, read_manifest
 from beam_pipelines.options import build_pipeline_options, configure_logging
 from beam_pipelines.records import Listing, PreparedImage, SourceImage
@@ -31,7 +31,7 @@ from beam_pipelines.tfrecord_shards import (
     EncodedExample,
     WriteShardedTFRecords,
 )
-from cxr_core import augmentation, contract, imaging
+from cxr_core import augmentation, contract, imaging, selection
 from cxr_core.rejection import Rejection, UnusableInput, listing_location
 
 PROGRESS_EVERY = 500

@@ -29,7 +29,8 @@ from beam_pipelines import demographics, splitting
 from beam_pipelines.label_files import LabelFile, LabelFileError, LabelRow, read_label_file, resolve_listed_uri
 from beam_pipelines.records import SourceImage
 from beam_pipelines.rejections import REJECTED, reject
-from beam_pipelines.selection import (
+from cxr_core.rejection import Rejection
+from cxr_core.selection import (
     Verdict,
     covid_verdict,
     csv_verdict,
@@ -39,7 +40,6 @@ from beam_pipelines.selection import (
     normalize_view,
     rsna_verdict,
 )
-from cxr_core.rejection import Rejection
 
 RSNA = "rsna"
 COVID = "covid"

@@ -25,7 +25,8 @@ import numpy as np
 import pydicom
 from pydicom import uid
 
-from beam_pipelines import selection, sources
+from beam_pipelines import sources
+from cxr_core import selection
 from synthetic import dicom_writer, phantom
 from synthetic import pipeline as synthesize
 

@@ -183,6 +183,10 @@ PREPROCESS_SAMPLES = {
     "rsna_dir": "gs://bucket/raw/rsna",
     "covid_dir": "gs://bucket/raw/covid",
     "csv": "gs://bucket/raw/own/images.csv",
+    "image_folder": "gs://bucket/raw/xray",
+    "folder_classes": "No_findings=normal,Covid-19=covid19",
+    "patient_id_regex": "person(\\d+)_",
+    "image_folder_source": "site-a",
     "output_dir": "gs://bucket/tfrecords/run-1",
     "image_size": "224",
     "split": "0.7,0.15,0.15",
@@ -259,8 +263,8 @@ def test_predict_template_parameters_are_the_job_flags():
 
 
 def test_preprocess_template_rejects_what_the_job_rejects():
-    from beam_pipelines import preprocess, selection, splitting
-    from cxr_core import augmentation
+    from beam_pipelines import preprocess, splitting
+    from cxr_core import augmentation, selection
 
     declared = parameters("preprocess")
     for action in preprocess.build_parser()._actions:

@@ -23,10 +23,10 @@ import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 from pydicom.data import get_testdata_file
 
-from beam_pipelines import preprocess, rejections, selection, splitting
+from beam_pipelines import preprocess, rejections, splitting
 from beam_pipelines.options import build_pipeline_options
 from beam_pipelines.records import PreparedImage, SourceImage
-from cxr_core import contract, imaging
+from cxr_core import contract, imaging, selection
 from synthetic import dicom_writer, phantom
 from synthetic import pipeline as synthesize
 

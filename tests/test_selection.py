@@ -2,8 +2,8 @@
 
 import pytest
 
-from beam_pipelines import selection
-from beam_pipelines.selection import Verdict
+from cxr_core import selection
+from cxr_core.selection import Verdict
 
 FRONTAL = selection.parse_allowed_views(selection.DEFAULT_ALLOWED_VIEWS)
 CLASS_INFO = "stage_2_detailed_class_info.csv"

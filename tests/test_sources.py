@@ -13,8 +13,9 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_pipelines import label_files, rejections, selection, sources, splitting
+from beam_pipelines import label_files, rejections, sources, splitting
 from beam_pipelines.records import SourceImage
+from cxr_core import selection
 
 KEY = splitting.PatientKey("test-patient-key-0123456789")
 FRONTAL = selection.parse_allowed_views(selection.DEFAULT_ALLOWED_VIEWS)
