@@ -100,13 +100,14 @@ def test_central_share_is_averaged_by_predicted_class():
     centre, border = np.zeros((size, size)), np.zeros((size, size))
     centre[band:-band, band:-band] = 1.0
     border[:band] = 1.0
-    maps = np.stack([centre, border, centre, np.zeros((size, size))])
-    share = shortcut_audit.central_share_by_class(maps, np.array([0, 0, 2, 2]))
-    assert share.mean == {"normal": 0.5, "pneumonia": None, "covid19": 1.0}
-    assert share.images == {"normal": 2, "pneumonia": 0, "covid19": 1}  # An empty map is left out.
+    maps = np.stack([centre, border, border, centre, np.zeros((size, size)), np.ones((size, size))])
+    share = shortcut_audit.central_share_by_class(maps, np.array([0, 0, 0, 2, 2, 1]))
+    assert share.mean == pytest.approx({"normal": 1 / 3, "pneumonia": saliency.UNIFORM_CENTRAL_SHARE, "covid19": 1.0})
+    assert share.images == {"normal": 3, "pneumonia": 1, "covid19": 1}  # An empty map is left out.
     audit = shortcut_audit.ShortcutAudit(None, None, share, None)
+    # An evenly spread map (pneumonia) is not flagged; one with most mass on the border is.
     assert audit.warnings() == [f"Grad-CAM of the images predicted normal lies mostly on the border (central share "
-                                f"0.50, {saliency.UNIFORM_CENTRAL_SHARE:.2f} if spread evenly)"]
+                                f"0.33, {saliency.UNIFORM_CENTRAL_SHARE:.2f} if spread evenly)"]
 
 
 def test_a_model_that_does_not_beat_the_pixel_baseline_is_flagged():

@@ -8,8 +8,9 @@ Three figures say how far it does, NumPy in, frozen dataclasses out:
   equal-width bins of their highest probability, and the gaps between each bin's mean
   confidence and its accuracy are averaged, weighted by the bin's share of images; 0 is
   perfect. Its 95% interval is a patient-level bootstrap (`trainer.intervals`), as for ROC-AUC;
-- the Brier score: the mean over images of Σ_c (p_c − y_c)², 0 perfect, 2 worst
-  (scikit-learn's `brier_score_loss`, which the bootstrap's vectorised form equals);
+- the Brier score: the mean over images of Σ_c (p_c − y_c)², 0 perfect, 2 worst; the
+  point figure is the bootstrap's statistic at unit weights, as for ROC-AUC, and equals
+  scikit-learn's `brier_score_loss` (the tests check it);
 - a reliability curve per class, one-vs-rest (scikit-learn's `calibration_curve`, same
   bins), with that class's own calibration error: the diagram a reader checks against
   the diagonal.
@@ -29,7 +30,6 @@ from collections.abc import Mapping
 import numpy as np
 import scipy.optimize
 import sklearn.calibration
-import sklearn.metrics
 
 from cxr_core import contract
 from trainer import intervals
@@ -171,8 +171,7 @@ def calibration(labels: np.ndarray, probabilities: np.ndarray, patients: np.ndar
     patients = np.arange(len(labels)) if patients is None else np.asarray(patients)
     ones = np.ones((1, len(labels)))
     ece = expected_calibration_error(ones, labels, probabilities)[0] if len(labels) else np.nan
-    brier = (sklearn.metrics.brier_score_loss(labels, probabilities, labels=np.arange(contract.NUM_CLASSES))
-             if len(labels) else np.nan)
+    brier = brier_scores(ones, labels, probabilities)[0] if len(labels) else np.nan
     ece_interval = brier_interval = None
     if resamples > 0 and len(np.unique(patients)) > 1:
         ece_samples, brier_samples = [], []

@@ -17,7 +17,8 @@ journal, 2021). Every evaluation writes these four checks beside its figures:
     apart; near 1 they carry the source. Overall the probe also reads the class where
     classes differ by source, so it is repeated within each class that several sources hold;
 (c) the share of Grad-CAM mass in the central region against the border band
-    (`trainer.saliency`), averaged over the test images predicted as each class;
+    (`trainer.saliency`), averaged over the test images predicted as each class; below one
+    half, a class's evidence lies mostly on the border;
 (d) a trivial baseline beside the model (`trainer.pixel_baseline`: logistic regression on
     32×32 standardised thumbnails, fitted on train, regularisation chosen on val), with
     ROC-AUC overall and within each source: a deep model that does not beat it has learnt
@@ -48,6 +49,8 @@ PROBE_SEED = 0
 PROBE_MAX_ITERATIONS = 2000
 # A probe at or above this ROC-AUC within a class reads the source from the features.
 PROBE_ALARM_AUC = 0.9
+# Below this central share, more of a class's Grad-CAM mass lies on the border band than on the chest.
+CENTRAL_SHARE_ALARM = 0.5
 MANIFEST_SOURCE_TABLE = "originals_by_source"
 CELL_WIDTH = 11
 
@@ -139,7 +142,7 @@ class ShortcutAudit:
             found += [f"Grad-CAM of the images predicted {name} lies mostly on the border (central share "
                       f"{share:.2f}, {self.central_share.uniform:.2f} if spread evenly)"
                       for name, share in self.central_share.mean.items()
-                      if share is not None and share < self.central_share.uniform]
+                      if share is not None and share < CENTRAL_SHARE_ALARM]
         if self.baseline:
             for split, metrics in self.baseline.baseline.items():
                 for where, model_auc, baseline_auc in _macro_aucs(self.baseline.model[split], metrics):
@@ -220,9 +223,19 @@ def baseline_comparison(baseline: pixel_baseline.PixelBaseline, thumbnails: Mapp
 
 
 def format_audit(audit: ShortcutAudit, split: str) -> str:
-    """The audit as printed: its warnings first, then each check's figures; `split` names the probed set."""
-    lines = ["SHORTCUT AUDIT", "=============="]
-    lines += [f"WARNING: {warning}" for warning in audit.warnings()] or ["no shortcut warning"]
+    """The audit as printed: its warnings (`format_warnings`), then each check's figures (`format_checks`)."""
+    return f"{format_warnings(audit)}\n\n{format_checks(audit, split)}"
+
+
+def format_warnings(audit: ShortcutAudit) -> str:
+    """The audit's heading and warnings: the first lines of every printed evaluation."""
+    return "\n".join(["SHORTCUT AUDIT", "==============",
+                      *([f"WARNING: {warning}" for warning in audit.warnings()] or ["no shortcut warning"])])
+
+
+def format_checks(audit: ShortcutAudit, split: str) -> str:
+    """The figures of each check that ran; `split` names the set the probe and Grad-CAM ran on."""
+    lines = []
     if audit.source_table:
         lines += ["", f"(a) originals per source and class ({audit.source_table.origin}):",
                   f"{'source':<16}" + "".join(f"{name:>{CELL_WIDTH}}" for name in contract.CLASS_NAMES)]
@@ -255,7 +268,7 @@ def format_audit(audit: ShortcutAudit, split: str) -> str:
                     label = f"{split_name} {where or 'overall'} {who}"
                     lines.append(f"{label:<28}" + "".join(f"{_number(value):>{CELL_WIDTH}}"
                                                           for value in _auc_row(scope)))
-    return "\n".join(lines)
+    return "\n".join(lines).strip("\n")
 
 
 def _probe_auc(features: np.ndarray, sources: np.ndarray, patients: np.ndarray, folds: int,
