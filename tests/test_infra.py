@@ -338,7 +338,8 @@ def template_parameters(command: str) -> dict[str, str]:
 @needs_make
 def test_run_preprocess_passes_template_parameters_intact():
     result = make_dry_run(DATAFLOW / "Makefile", "run-preprocess", "PROJECT=p", "BUCKET=b", "RUN=r",
-                          "COVID_DIR=", "SPLIT=0.7,0.15,0.15", "AUGMENT=normal=2,pneumonia=2,covid19=30")
+                          "COVID_DIR=", "SPLIT=0.7,0.15,0.15", "AUGMENT=normal=2,pneumonia=2,covid19=30",
+                          "IMAGE_FOLDER=gs://b/raw/xray", "FOLDER_CLASSES=No_findings=normal,Covid-19=covid19")
 
     assert result.returncode == 0, result.stderr
     assert "gcloud dataflow flex-template run cxr-preprocess-" in result.stdout
@@ -350,6 +351,8 @@ def test_run_preprocess_passes_template_parameters_intact():
         "output_dir": "gs://b/tfrecords/r",
         "patient_key_file": "gs://b/secrets/patient_key",
         "rsna_dir": "gs://b/raw/rsna",
+        "image_folder": "gs://b/raw/xray",
+        "folder_classes": "No_findings=normal,Covid-19=covid19",
         "split": "0.7,0.15,0.15",
         "augment": "normal=2,pneumonia=2,covid19=30",
     }
