@@ -103,10 +103,11 @@ class Counters:
             return dict(sorted(self._counts.items()))
 
     def save(self) -> None:
-        partial = self._path + ".partial"
-        with open(partial, "w", encoding="utf-8") as handle:
-            json.dump(self.snapshot(), handle, indent=1)
-        os.replace(partial, self._path)
+        with self._lock:
+            partial = self._path + ".partial"
+            with open(partial, "w", encoding="utf-8") as handle:
+                json.dump(dict(sorted(self._counts.items())), handle, indent=1)
+            os.replace(partial, self._path)
 
 
 class Node:
@@ -216,7 +217,13 @@ class Node:
 
     def _dispatch_loop(self) -> None:
         while not self._stopping.wait(DISPATCH_INTERVAL_SECONDS):
-            for batch in self._inbox.due():
+            try:
+                batches = self._inbox.due()
+            except OSError as error:  # The spool's disk: the studies stay where they are, and are tried again.
+                self.counters.inc("spool/errors")
+                logger.warning("cannot hand out complete studies: %s", error.strerror)
+                continue
+            for batch in batches:
                 self._workers.submit(self._answer, batch)
 
     # Following Orthanc --------------------------------------------------------------------------
@@ -225,22 +232,23 @@ class Node:
         failures = 0
         while not self._stopping.is_set():
             try:
-                self._follower.poll()
+                stable = set(self._follower.poll())
                 failures = 0
-            except pacs.OrthancError as error:
+            except Exception as error:  # Orthanc down or answering oddly: the cursor has not moved, so retry.
                 failures += 1
                 self.counters.inc("orthanc/unreachable")
-                logger.warning("%s (attempt %d)", error, failures)
+                logger.warning("reading Orthanc's changes failed (attempt %d): %s", failures, error)
                 self._stopping.wait(self.settings.retry.delay(failures))
                 continue
-            for study_id in self._follower.pending():
-                self._submit_orthanc(study_id)
+            for study_id in self._follower.pending():  # Those of an earlier run and failed fetches too.
+                self._submit_orthanc(study_id, stable_again=study_id in stable)
             self._stopping.wait(self.settings.orthanc_poll_seconds)
 
-    def _submit_orthanc(self, study_id: str) -> None:
+    def _submit_orthanc(self, study_id: str, stable_again: bool) -> None:
+        """Queues the study unless it is in progress; one that became stable again meanwhile is redone after."""
         with self._in_flight_lock:
             if study_id in self._in_flight:
-                self._in_flight[study_id] = True
+                self._in_flight[study_id] = self._in_flight[study_id] or stable_again
                 return
             self._in_flight[study_id] = False
         self._workers.submit(self._answer_orthanc, study_id)
@@ -249,9 +257,9 @@ class Node:
         try:
             batch = self._follower.fetch(study_id, self.settings.path(ORTHANC_WORK_DIR), self.settings.rules.max_pixels,
                                          time.monotonic())
-        except pacs.OrthancError as error:
+        except Exception as error:  # Orthanc down or the disk full: the marker stays, the next poll retries.
             self.counters.inc("orthanc/fetch_failed")
-            logger.warning("%s; the study stays pending", error)
+            logger.warning("fetching a stable study failed, it stays pending: %s", error)
             batch = None
         if batch is not None:
             self._answer(batch)
@@ -259,7 +267,7 @@ class Node:
         with self._in_flight_lock:
             again = self._in_flight.pop(study_id)
         if again and not self._stopping.is_set():
-            self._submit_orthanc(study_id)
+            self._submit_orthanc(study_id, stable_again=False)
 
     # Answering a study --------------------------------------------------------------------------
 

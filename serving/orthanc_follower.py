@@ -15,6 +15,7 @@ refused before download.
 """
 
 import os
+import shutil
 
 from cxr_core import imaging, selection
 from serving import dicom_results, pacs, study_analysis
@@ -82,11 +83,21 @@ class OrthancFollower:
         """Downloads what the node needs of one study into a fresh folder under `work_dir`.
 
         Raises:
-          pacs.OrthancError: Orthanc did not answer (the study stays pending).
+          pacs.OrthancError, OSError: Orthanc did not answer, or the disk refused; nothing is kept.
         """
         study_uid = self.client.study_uid(study_id)
         folder = new_batch_folder(work_dir, study_uid)
         os.makedirs(folder)
+        try:
+            rejected = self._download(study_id, folder, max_pixels)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return StudyBatch(study_uid, folder, VIA, HANDED_OUT_BECAUSE, received_at, received_at, received_at,
+                          tuple(rejected))
+
+    def _download(self, study_id: str, folder: str, max_pixels: int) -> list[InstanceRejection]:
+        """Writes the study's radiographs and the node's reports into `folder`; the instances refused unread."""
         max_bytes = imaging.max_file_bytes(max_pixels)
         rejected = []
         for series in self.client.series_of_study(study_id):
@@ -102,5 +113,4 @@ class OrthancFollower:
                     continue
                 with open(os.path.join(folder, digest_name(instance_id) + ".dcm"), "wb") as handle:
                     handle.write(self.client.instance_file(instance_id))
-        return StudyBatch(study_uid, folder, VIA, HANDED_OUT_BECAUSE, received_at, received_at, received_at,
-                          tuple(rejected))
+        return rejected
