@@ -57,7 +57,7 @@ class AuditLog:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._handle = open(path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+        self._handle = open(path, "a", encoding="utf-8")
 
     def write(self, event: str, **fields: Any) -> None:
         """One line: the event, the node's UTC time, then `fields` (JSON-serialisable)."""

@@ -29,7 +29,7 @@ import threading
 import time
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification  # pylint: disable=no-name-in-module
+from pynetdicom.sop_class import Verification
 
 from cxr_core import contract, imaging, selection
 from serving import audit, delivery, dicom_results, orthanc_follower, pacs, study_analysis
