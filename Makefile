@@ -4,6 +4,14 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 DEMO_DIR ?= demo_output
 BENCH_DIR ?= bench_output
+# The real radiographs of `make real-data` (../shared/real-cxr/README.md says where they come from).
+REAL_CXR ?= ../shared/real-cxr
+REAL_EXTERNAL ?= ../shared/real-cxr-figure1
+REAL_DIR ?= real_output
+# A fixed key, so a rerun splits the same patients the same way; BENCHMARKS.md reports three keys.
+REAL_KEY ?= real-cxr-patient-key-1
+REAL_IMAGE_SIZE ?= 64
+REAL_EPOCHS ?= 30
 LOCAL_BEAM := --direct_num_workers=2 --direct_running_mode=multi_processing
 # Recipes run under bash with pipefail, so a step piped through QUIET_TF still fails the build.
 SHELL := /bin/bash
@@ -18,7 +26,7 @@ QUIET_TF := 2>&1 | sed -E '/$(TF_STARTUP_LINES)/d'
 # "Location ... is ignored" warning per package otherwise.
 PIP_INSTALL := $(PYTHON) -m pip install -qq --no-warn-script-location
 
-.PHONY: install demo cloud-demo test test-fast bench clean
+.PHONY: install demo real-data pacs-demo cloud-demo test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -57,12 +65,41 @@ demo: install
 		--model_dir $(DEMO_DIR)/model --gradcam $(DEMO_DIR)/gradcam.png $(QUIET_TF)
 	@echo "demo outputs are under $(DEMO_DIR)/ (evaluation: $(DEMO_DIR)/model/eval/, heat map: $(DEMO_DIR)/gradcam.png)"
 
+# Real chest X-rays: preprocess → train from random weights on the CPU → evaluate, with the external
+# COVID-19 collection scored by the exported model it never trained on.
+real-data: export PYTHONUNBUFFERED := 1
+real-data: install
+	@test -f $(REAL_CXR)/labels.csv || { echo "make real-data needs $(REAL_CXR)/labels.csv: the real-cxr set (NIH ChestX-ray8 + ieee8023 COVID-19 images as published by Ozturk et al. 2020, github.com/muhammedtalo/COVID-19); set REAL_CXR=DIR, or preprocess its No_findings/Pneumonia/Covid-19 folders with --image_folder (README, Sources)"; exit 1; }
+	@rm -rf $(REAL_DIR)
+	@echo "==> 1/3 preprocess $(REAL_CXR) at $(REAL_IMAGE_SIZE)² into $(REAL_DIR)/tfrecords/ (split by patient under REAL_KEY)"
+	@$(PYTHON) -m beam_pipelines.preprocess --csv $(REAL_CXR)/labels.csv --output_dir $(REAL_DIR)/tfrecords \
+		--image_size $(REAL_IMAGE_SIZE) --augment auto --split 0.6,0.2,0.2 --patient_key $(REAL_KEY) \
+		$(LOCAL_BEAM) $(QUIET_TF)
+	@echo "==> 2/3 train ResNet50 from random weights on the CPU into $(REAL_DIR)/model/ (about 20 minutes on 2 cores)"
+	@$(PYTHON) -m trainer.task --data_dir $(REAL_DIR)/tfrecords --job_dir $(REAL_DIR)/model \
+		--image_size $(REAL_IMAGE_SIZE) --batch_size 32 --stage1_epochs 0 --stage2_epochs $(REAL_EPOCHS) \
+		--stage2_learning_rate 1e-3 --steps_per_loop 25 --weights none $(QUIET_TF)
+	@echo "==> 3/3 external COVID-19 images ($(REAL_EXTERNAL)), scored by the exported model into $(REAL_DIR)/external/"
+	@$(PYTHON) -m trainer.evaluate --model_dir $(REAL_DIR)/model --csv $(REAL_EXTERNAL)/labels.csv \
+		--output_dir $(REAL_DIR)/external $(QUIET_TF)
+	@$(PYTHON) -m benchmarks.real_data --summarize $(REAL_DIR)
+
+# A local Orthanc that receives the demo's synthetic studies and shows the node's answers; Ctrl-C stops it all.
+# Not piped through QUIET_TF: Ctrl-C would end sed first and break the pipe (the node logs to a file).
+pacs-demo: export PYTHONUNBUFFERED := 1
+pacs-demo: install
+	@test -d $(DEMO_DIR)/model/export || { echo "run 'make demo' first: the PACS demo uses its model and studies"; exit 1; }
+	@bash infra/orthanc/install.sh
+	@$(PYTHON) -m infra.orthanc.pacs_demo --demo_dir $(DEMO_DIR)
+
 # The walkthrough block of docs/cloud.md, every path on gs:// of a Cloud Storage emulator on 127.0.0.1.
 cloud-demo: export PYTHONUNBUFFERED := 1
 cloud-demo: install
 	@$(PYTHON) -m infra.gcs_emulator --walkthrough docs/cloud.md $(QUIET_TF)
 
+# Orthanc, the PACS of the DICOM node's tests, comes from Debian packages (infra/orthanc/install.sh).
 test: install
+	bash infra/orthanc/install.sh
 	$(PYTHON) -m pytest -q
 
 # Leaves out the tests marked slow (worker processes, the storage emulator walkthrough; pytest.ini).
@@ -73,4 +110,4 @@ bench: install
 	$(PYTHON) -m benchmarks.run --work_dir $(BENCH_DIR) --output BENCHMARKS.md
 
 clean:
-	rm -rf $(DEMO_DIR) $(BENCH_DIR)
+	rm -rf $(DEMO_DIR) $(BENCH_DIR) $(REAL_DIR)

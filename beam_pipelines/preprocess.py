@@ -31,7 +31,7 @@ from beam_pipelines.tfrecord_shards import (
     EncodedExample,
     WriteShardedTFRecords,
 )
-from cxr_core import augmentation, contract, imaging, selection
+from cxr_core import augmentation, contract, imaging, pseudonyms, selection
 from cxr_core.rejection import Rejection, UnusableInput, listing_location
 
 PROGRESS_EVERY = 500
@@ -69,7 +69,7 @@ class ReadAndPrepareFn(beam.DoFn):
         self._seen += 1
         if self._seen % PROGRESS_EVERY == 0:
             logging.info("worker has prepared %d images", self._seen)
-        image_id = splitting.pseudonymous_image_id(self._key, image.source, image.image_key)
+        image_id = pseudonyms.pseudonymous_image_id(self._key, image.source, image.image_key)
         try:
             data = reading.read_file(image.image_uri, imaging.max_file_bytes(self._max_pixels),
                                      name=f"the image listed at {image.location} ({image_id})")
@@ -83,7 +83,7 @@ class ReadAndPrepareFn(beam.DoFn):
             return
         for note in decoded.notes:
             beam.metrics.Metrics.counter("notes", note).inc()
-        patient_key = splitting.pseudonymous_patient_id(self._key, image.source, image.patient_id)
+        patient_key = pseudonyms.pseudonymous_patient_id(self._key, image.source, image.patient_id)
         self._prepared.inc()
         yield PreparedImage(
             image_id=image_id,
@@ -94,7 +94,7 @@ class ReadAndPrepareFn(beam.DoFn):
             view=image.view or decoded.view,
             pixels=decoded.pixels,
             content_hash=hashlib.sha256(data).hexdigest(),
-            patient_match_key=splitting.patient_match_key(self._key, image.patient_id),
+            patient_match_key=pseudonyms.patient_match_key(self._key, image.patient_id),
             listing=image.listing,
             line=image.line,
             notes=decoded.notes,
@@ -313,7 +313,7 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
 def _recorded_options(args: argparse.Namespace) -> dict:
     """The job's own flags for the manifest; the patient key is a secret: only its fingerprint goes in."""
     recorded = {name: value for name, value in vars(args).items() if name not in ("patient_key", "overwrite")}
-    recorded["patient_key_fingerprint"] = splitting.key_fingerprint(patient_key_of(args).load())
+    recorded["patient_key_fingerprint"] = pseudonyms.key_fingerprint(patient_key_of(args).load())
     return recorded
 
 

@@ -29,6 +29,7 @@ from beam_pipelines import demographics, splitting
 from beam_pipelines.label_files import LabelFile, LabelFileError, LabelRow, read_label_file, resolve_listed_uri
 from beam_pipelines.records import SourceImage
 from beam_pipelines.rejections import REJECTED, reject
+from cxr_core import pseudonyms
 from cxr_core.rejection import Rejection
 from cxr_core.selection import (
     Verdict,
@@ -270,7 +271,7 @@ class _ListSourceFn(beam.DoFn):
                                   patient_id=row.patient_id, label=row.verdict.label, view=row.view,
                                   listing=row.listing, line=row.line, sex=row.sex, age_band=row.age_band)
                 continue
-            image_id = splitting.pseudonymous_image_id(self._key, source, row.image_key) if row.image_key else ""
+            image_id = pseudonyms.pseudonymous_image_id(self._key, source, row.image_key) if row.image_key else ""
             yield reject(Rejection(source=source, stage=row.verdict.stage, kind=row.verdict.kind,
                                    reason=row.verdict.reason, image_id=image_id, listing=row.listing, line=row.line),
                          self._rejected)

@@ -1,4 +1,4 @@
-"""Patient-level split and pseudonymous ids, both from one keyed hash.
+"""Patient-level split from the keyed hash of `cxr_core.pseudonyms`, and the patient key itself.
 
 HMAC-SHA256 of (source, patient id) under the patient key gives the hex `patient/id`
 written to records and a uniform number in [0, 1) that picks the split. A patient
@@ -12,16 +12,13 @@ graph or a template parameter).
 """
 
 import dataclasses
-import hashlib
-import hmac
 
 from apache_beam.io.filesystems import FileSystems
 
 from cxr_core import contract
+from cxr_core.pseudonyms import MIN_KEY_CHARACTERS
 
 HASH_FRACTION_BYTES = 8
-MIN_KEY_CHARACTERS = 16
-KEY_FINGERPRINT_CHARACTERS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,11 +55,6 @@ def patient_key_problem(key: PatientKey) -> str | None:
     return None
 
 
-def key_fingerprint(secret: str) -> str:
-    """A short keyed hash of a constant: shows whether two runs used the same key, not the key."""
-    return keyed_hash(secret, "fingerprint")[:KEY_FINGERPRINT_CHARACTERS]
-
-
 def parse_split(text: str) -> dict[str, float]:
     """`"0.8,0.1,0.1"` → {"train": 0.8, "val": 0.1, "test": 0.1}, validated."""
     try:
@@ -74,26 +66,6 @@ def parse_split(text: str) -> dict[str, float]:
     if abs(sum(fractions) - 1.0) > 1e-6 or fractions[0] == 0:
         raise ValueError(f"--split fractions must sum to 1 with a non-empty train split, got {text!r}")
     return dict(zip(contract.SPLITS, fractions))
-
-
-def keyed_hash(key: str, *parts: str) -> str:
-    """Hex HMAC-SHA256 of the parts; the key makes ids unlinkable without it."""
-    message = "\x1f".join(parts).encode("utf-8")
-    return hmac.new(key.encode("utf-8"), message, hashlib.sha256).hexdigest()
-
-
-def pseudonymous_patient_id(key: str, source: str, patient_id: str) -> str:
-    return keyed_hash(key, "patient", source, patient_id)
-
-
-def patient_match_key(key: str, patient_id: str) -> str:
-    """Keyed hash of a raw patient id alone, to compare listings of one image across sources."""
-    return keyed_hash(key, "patient-any-source", patient_id)
-
-
-def pseudonymous_image_id(key: str, source: str, image_uri_in_source: str) -> str:
-    """Stable id of one source image; augmented copies share it."""
-    return f"{source}-{keyed_hash(key, 'image', source, image_uri_in_source)[:24]}"
 
 
 def assign_split(patient_hash: str, fractions: dict[str, float]) -> str:

@@ -41,7 +41,7 @@ from beam_pipelines import example_codec, preprocess, reading, sources, splittin
 from beam_pipelines.options import build_pipeline_options
 from beam_pipelines.tfrecord_shards import COMPRESSION
 from benchmarks import process_tree, rsna_layout
-from cxr_core import augmentation, contract, imaging
+from cxr_core import augmentation, contract, imaging, pseudonyms
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROFILER_PATH = os.path.join(REPOSITORY, "benchmarks", "thread_profiler")
@@ -216,10 +216,10 @@ def stage_costs(rows: list[dict], image_size: int, augment: str, work_dir: str) 
         start = time.process_time()
         for row in rows:
             pixels = reading.read_and_preprocess(row["image_uri"], image_size).pixels
-            patient = splitting.pseudonymous_patient_id(PATIENT_KEY, sources.CSV, row["patient_id"])
+            patient = pseudonyms.pseudonymous_patient_id(PATIENT_KEY, sources.CSV, row["patient_id"])
             split = splitting.assign_split(patient, fractions)
             fields = example_codec.ExampleFields(
-                row["label"], splitting.pseudonymous_image_id(PATIENT_KEY, sources.CSV, row["image_uri"]),
+                row["label"], pseudonyms.pseudonymous_image_id(PATIENT_KEY, sources.CSV, row["image_uri"]),
                 sources.CSV, "", patient)
             copies = multipliers[row["label"]] if split == "train" else 1
             for _, serialized in example_codec.serialize_with_copies(pixels, fields, copies, SEED):

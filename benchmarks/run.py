@@ -3,7 +3,7 @@
 import argparse
 import os
 
-from benchmarks import data_plane, input_pipeline, trainer_loop
+from benchmarks import data_plane, dicom_node, input_pipeline, trainer_loop
 
 HEADER = """# Benchmarks
 
@@ -29,6 +29,7 @@ def main() -> None:
                          f"--note={args.note}"]),
         input_pipeline.main([f"--work_dir={os.path.join(args.work_dir, 'input_pipeline')}"]),
         trainer_loop.main([f"--work_dir={os.path.join(args.work_dir, 'trainer_loop')}"]),
+        dicom_node.main([f"--work_dir={os.path.join(args.work_dir, 'dicom_node')}"]),
     ]
     with open(args.output, "w") as handle:
         handle.write(HEADER + "\n".join(sections))

@@ -9,14 +9,14 @@ date from a header, or a UID.
 """
 
 import datetime
-import hashlib
-import hmac
 import json
 import os
 import threading
 from typing import Any
 
-MIN_KEY_CHARACTERS = 16
+from cxr_core import pseudonyms
+from cxr_core.pseudonyms import MIN_KEY_CHARACTERS
+
 PSEUDONYM_CHARACTERS = 24  # 96 bits: no collision among a hospital's studies, short enough to read.
 
 
@@ -37,17 +37,9 @@ def load_key(path: str) -> str:
     return key
 
 
-# Same construction as beam_pipelines.splitting.keyed_hash, which serving may not import; the lead
-# moves the pure hash functions into cxr_core and both call that copy.
-def keyed_hash(key: str, *parts: str) -> str:
-    """Hex HMAC-SHA256 of the parts; the key makes ids unlinkable without it."""
-    message = "\x1f".join(parts).encode("utf-8")
-    return hmac.new(key.encode("utf-8"), message, hashlib.sha256).hexdigest()
-
-
 def pseudonym(key: str, uid: str) -> str:
     """The audit log's name for a study or an instance UID."""
-    return keyed_hash(key, "dicom-uid", uid)[:PSEUDONYM_CHARACTERS]
+    return pseudonyms.keyed_hash(key, "dicom-uid", uid)[:PSEUDONYM_CHARACTERS]
 
 
 class AuditLog:

@@ -6,8 +6,8 @@ import os
 import pytest
 import tensorflow as tf
 
-from beam_pipelines import preprocess, splitting
-from cxr_core import contract, imaging
+from beam_pipelines import preprocess
+from cxr_core import contract, imaging, pseudonyms
 from synthetic import phantom
 
 PATIENT_KEY = "image-folder-test-key-0123456789"
@@ -38,8 +38,8 @@ def test_patients_come_from_the_file_names_and_every_file_is_accounted_for(kerma
     files = sorted(glob.glob(os.path.join(output_dir, "*" + contract.TFRECORD_SUFFIX)))
     patients = [tf.train.Example.FromString(raw.numpy()).features.feature[contract.PATIENT_ID].bytes_list.value[0]
                 for raw in tf.data.TFRecordDataset(files, compression_type=contract.TFRECORD_COMPRESSION)]
-    expected = {splitting.pseudonymous_patient_id(PATIENT_KEY, "kermany", person).encode() for person in ("1", "22")}
-    assert sorted(patients) == sorted([*expected, splitting.pseudonymous_patient_id(
+    expected = {pseudonyms.pseudonymous_patient_id(PATIENT_KEY, "kermany", person).encode() for person in ("1", "22")}
+    assert sorted(patients) == sorted([*expected, pseudonyms.pseudonymous_patient_id(
         PATIENT_KEY, "kermany", "1").encode()]), "person1's two images are one patient"
 
 

@@ -26,7 +26,7 @@ from pydicom.data import get_testdata_file
 from beam_pipelines import preprocess, rejections, splitting
 from beam_pipelines.options import build_pipeline_options
 from beam_pipelines.records import PreparedImage, SourceImage
-from cxr_core import contract, imaging, selection
+from cxr_core import contract, imaging, pseudonyms, selection
 from synthetic import dicom_writer, phantom
 from synthetic import pipeline as synthesize
 
@@ -233,7 +233,7 @@ def test_manifest_counts_match_the_records(job):
     assert manifest["augmentation_multipliers"] == MULTIPLIERS
     assert manifest["schema"]["classes"] == list(contract.CLASS_NAMES)
     assert "patient_key" not in manifest["options"]
-    assert manifest["options"]["patient_key_fingerprint"] == splitting.key_fingerprint(PATIENT_KEY)
+    assert manifest["options"]["patient_key_fingerprint"] == pseudonyms.key_fingerprint(PATIENT_KEY)
     with open(os.path.join(output_dir, contract.MANIFEST_FILE)) as handle:
         assert PATIENT_KEY not in handle.read()
     shard_files = {shard["file"] for shard in manifest["shards"]}
@@ -294,7 +294,7 @@ def test_bad_flags_fail_fast_with_a_clear_message(raw_dir, latin1_csv, tmp_path,
 
 def test_the_key_can_come_from_a_file(covid_rerun):
     _, manifest, key_file = covid_rerun
-    assert manifest["options"]["patient_key_fingerprint"] == splitting.key_fingerprint(PATIENT_KEY)
+    assert manifest["options"]["patient_key_fingerprint"] == pseudonyms.key_fingerprint(PATIENT_KEY)
     assert manifest["options"]["patient_key_file"] == str(key_file)
 
 
@@ -360,7 +360,7 @@ def test_read_and_prepare_keeps_frontal_radiographs_and_rejects_the_rest(beam_pi
     key = splitting.PatientKey(PATIENT_KEY)
 
     def image_id(name: str) -> str:
-        return splitting.pseudonymous_image_id(PATIENT_KEY, "csv", name)
+        return pseudonyms.pseudonymous_image_id(PATIENT_KEY, "csv", name)
 
     with beam_pipeline as pipeline:
         result = (pipeline | beam.Create(images) | beam.ParDo(preprocess.ReadAndPrepareFn(
@@ -382,7 +382,7 @@ def test_read_and_prepare_keeps_frontal_radiographs_and_rejects_the_rest(beam_pi
 def test_an_io_error_other_than_not_found_fails_the_bundle_naming_the_row_not_the_path(beam_pipeline, tmp_path):
     folder = tmp_path / "Jane-Doe-1961"
     folder.mkdir()  # a directory listed as an image: an OSError that is not "not found"
-    image_id = splitting.pseudonymous_image_id(PATIENT_KEY, "csv", "Jane-Doe-1961")
+    image_id = pseudonyms.pseudonymous_image_id(PATIENT_KEY, "csv", "Jane-Doe-1961")
     with pytest.raises(Exception) as raised:
         with beam_pipeline as pipeline:
             _ = (pipeline | beam.Create([listed(str(folder), 7)])

@@ -21,8 +21,8 @@ import tensorflow as tf
 from PIL import Image
 
 from beam_pipelines import batch_predict as predict
-from beam_pipelines import preprocess, sources, splitting
-from cxr_core import contract, decision_rule, imaging
+from beam_pipelines import preprocess, sources
+from cxr_core import contract, decision_rule, imaging, pseudonyms
 from serving import export, features, gradcam, model_store, study
 from synthetic import dicom_writer, phantom
 from trainer import model as model_lib
@@ -268,7 +268,7 @@ def test_predictions_equal_the_served_training_records(studies, glob_run, traini
     serving_default = tf.saved_model.load(export_dir).signatures[contract.SERVING_EXAMPLES_SIGNATURE]
 
     for name in GOOD_DICOMS:
-        image_id = splitting.pseudonymous_image_id(PATIENT_KEY, sources.CSV, f"images/{name}")
+        image_id = pseudonyms.pseudonymous_image_id(PATIENT_KEY, sources.CSV, f"images/{name}")
         record = training_records[image_id]
         served = serving_default(**{contract.EXAMPLES_INPUT: tf.constant([record])})["probabilities"].numpy()[0]
 

@@ -15,7 +15,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipelines import label_files, rejections, sources, splitting
 from beam_pipelines.records import SourceImage
-from cxr_core import selection
+from cxr_core import pseudonyms, selection
 
 KEY = splitting.PatientKey("test-patient-key-0123456789")
 FRONTAL = selection.parse_allowed_views(selection.DEFAULT_ALLOWED_VIEWS)
@@ -370,7 +370,7 @@ def test_a_csv_row_names_its_own_source_and_coarse_sex_and_age(beam_pipeline, tm
                     equal_to([("a.png", "site-a", "F", "40-49"), ("b.png", "site-b-2", "M", "90+"),
                               ("c.png", "csv", "unknown", "unknown")]), label="Images")
         assert_that(result[rejections.REJECTED] | beam.Map(lambda item: (item.line, item.source, item.image_id)),
-                    equal_to([(5, "site-a", splitting.pseudonymous_image_id(KEY.load(), "site-a", "d.png"))]),
+                    equal_to([(5, "site-a", pseudonyms.pseudonymous_image_id(KEY.load(), "site-a", "d.png"))]),
                     label="Rejected")
 
 

@@ -5,12 +5,13 @@ import collections
 import pytest
 
 from beam_pipelines import splitting
+from cxr_core import pseudonyms
 
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
 
 def split_of(patient_id, key="k", source="rsna"):
-    return splitting.assign_split(splitting.pseudonymous_patient_id(key, source, patient_id), FRACTIONS)
+    return splitting.assign_split(pseudonyms.pseudonymous_patient_id(key, source, patient_id), FRACTIONS)
 
 
 def test_split_proportions_follow_the_fractions():
@@ -27,16 +28,16 @@ def test_a_patient_keeps_its_split_whatever_else_is_in_the_dataset():
 
 
 def test_pseudonyms_depend_on_key_and_source_and_hide_the_raw_id():
-    pseudonym = splitting.pseudonymous_patient_id("key-a", "rsna", "12345")
-    assert pseudonym != splitting.pseudonymous_patient_id("key-b", "rsna", "12345")
-    assert pseudonym != splitting.pseudonymous_patient_id("key-a", "covid", "12345")
+    pseudonym = pseudonyms.pseudonymous_patient_id("key-a", "rsna", "12345")
+    assert pseudonym != pseudonyms.pseudonymous_patient_id("key-b", "rsna", "12345")
+    assert pseudonym != pseudonyms.pseudonymous_patient_id("key-a", "covid", "12345")
     assert "12345" not in pseudonym and len(pseudonym) == 64
-    assert splitting.pseudonymous_image_id("k", "covid", "images/a.png").startswith("covid-")
+    assert pseudonyms.pseudonymous_image_id("k", "covid", "images/a.png").startswith("covid-")
 
 
 def test_zero_fraction_splits_get_nobody():
     fractions = {"train": 0.9, "val": 0.0, "test": 0.1}
-    splits = {splitting.assign_split(splitting.keyed_hash("k", str(i)), fractions) for i in range(2000)}
+    splits = {splitting.assign_split(pseudonyms.keyed_hash("k", str(i)), fractions) for i in range(2000)}
     assert splits == {"train", "test"}
 
 
@@ -81,12 +82,12 @@ def test_a_missing_key_file_is_named(tmp_path):
 
 
 def test_the_fingerprint_tells_keys_apart_without_revealing_them():
-    fingerprint = splitting.key_fingerprint(SECRET)
-    assert fingerprint == splitting.key_fingerprint(SECRET) != splitting.key_fingerprint(SECRET + "x")
-    assert SECRET not in fingerprint and len(fingerprint) == splitting.KEY_FINGERPRINT_CHARACTERS
+    fingerprint = pseudonyms.key_fingerprint(SECRET)
+    assert fingerprint == pseudonyms.key_fingerprint(SECRET) != pseudonyms.key_fingerprint(SECRET + "x")
+    assert SECRET not in fingerprint and len(fingerprint) == pseudonyms.KEY_FINGERPRINT_CHARACTERS
 
 
 def test_the_match_key_ignores_the_source_but_not_the_id():
-    assert splitting.patient_match_key("k", "p1") == splitting.patient_match_key("k", "p1")
-    assert splitting.patient_match_key("k", "p1") != splitting.patient_match_key("k", "p2")
-    assert splitting.patient_match_key("k", "p1") != splitting.pseudonymous_patient_id("k", "rsna", "p1")
+    assert pseudonyms.patient_match_key("k", "p1") == pseudonyms.patient_match_key("k", "p1")
+    assert pseudonyms.patient_match_key("k", "p1") != pseudonyms.patient_match_key("k", "p2")
+    assert pseudonyms.patient_match_key("k", "p1") != pseudonyms.pseudonymous_patient_id("k", "rsna", "p1")
