@@ -4,21 +4,22 @@ Every job is `python -m trainer.task` in subprocesses, as Vertex AI runs it: a c
 gets TF_CONFIG with free 127.0.0.1 ports and trains under MultiWorkerMirroredStrategy;
 the single-process job splits the CPU into 2 replicas (MirroredStrategy). ResNet50
 starts from random weights at 32², a few steps per epoch: the tests check the loop, the
-checkpoints and the export, not accuracy. Every process started here is killed in a
-`finally`, whatever the outcome.
+checkpoints and the export, not accuracy. They read what the trainer writes for people and
+programs alike (history.json, config.json, the checkpoints, TensorBoard's event files), never
+its log wording. Every process started here is killed in a `finally`, whatever the outcome.
 """
 
 import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
+from typing import TypeVar
 
 import h5py
 import keras
@@ -29,14 +30,15 @@ import tensorflow as tf
 from cxr_core import contract, decision_rule
 from serving import features, model_store
 from synthetic import records as synthetic_records
-from trainer import evaluation, input_pipeline, preemption
+from trainer import checkpoints, input_pipeline, preemption, report
+
+Found = TypeVar("Found")
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = 32
 PHASE_TIMEOUT = 600
 CLOUD_VARIABLES = ("TF_CONFIG", "CLOUD_ML_JOB_ID", "AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR", "AIP_TENSORBOARD_LOG_DIR")
 COMMON_FLAGS = (f"--image_size={IMAGE_SIZE}", "--batch_size=2", "--weights=none", "--steps_per_loop=1", "--seed=3")
-STEP_LINE = re.compile(r"stage (\d) epoch (\d+) step (\d+) \(\d+/\d+\): loss (\S+) accuracy (\S+)")
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +69,6 @@ class Trainer:
     def log(self) -> str:
         with open(self.log_path) as log:
             return log.read()
-
-    def steps(self) -> list[tuple[str, ...]]:
-        """(stage, epoch, step, loss, accuracy) of every loop the process logged."""
-        return STEP_LINE.findall(self.log())
 
     def wait(self) -> int:
         try:
@@ -109,18 +107,18 @@ def start_cluster(trainers: list[Trainer], flags: list[str], log_dir: str, attem
     return trainers[-2], trainers[-1]
 
 
-def wait_for_line(trainer: Trainer, pattern: str, others: list[Trainer]) -> re.Match:
-    """The first log line of `trainer` matching `pattern`; fails if a process ends first."""
+def wait_until(condition: Callable[[], Found | None], what: str, processes: list[Trainer]) -> Found:
+    """The first truthy value of `condition()`, polled; fails if one of `processes` ends first."""
     deadline = time.monotonic() + PHASE_TIMEOUT
     while time.monotonic() < deadline:
-        if match := re.search(pattern, trainer.log()):
-            return match
-        for process in others:
+        if found := condition():
+            return found
+        for process in processes:
             if process.process.poll() is not None:
-                pytest.fail(f"{process.name} ended with {process.process.returncode} before "
-                            f"{pattern!r}:\n{process.log()[-4000:]}")
+                pytest.fail(f"{process.name} ended with {process.process.returncode} before {what}:\n"
+                            f"{process.log()[-4000:]}")
         time.sleep(0.5)
-    pytest.fail(f"{trainer.name} never logged {pattern!r}:\n{trainer.log()[-4000:]}")
+    pytest.fail(f"no {what} in {PHASE_TIMEOUT} s:\n{processes[0].log()[-4000:]}")
 
 
 def assert_finished(*trainers: Trainer) -> None:
@@ -133,10 +131,29 @@ def history(job_dir: str) -> list[tuple[int, int]]:
         return [(entry["stage"], entry["epoch"]) for entry in json.load(handle)["epochs"]]
 
 
-def steps_after_resume(trainer: Trainer, checkpoint: str) -> list[int]:
-    resumed = re.search(rf"resuming from checkpoint {re.escape(checkpoint)}: stage 2 step (\d+)", trainer.log())
-    assert resumed, f"{trainer.name} did not resume from {checkpoint}:\n{trainer.log()[-4000:]}"
-    return [int(step) for _, _, step, _, _ in trainer.steps()]
+def run_description(job_dir: str) -> dict:
+    with open(os.path.join(job_dir, "config.json")) as handle:
+        return json.load(handle)
+
+
+def event_files(job_dir: str) -> set[str]:
+    """The chief's TensorBoard event files of the training loops, one per process that trained."""
+    return set(tf.io.gfile.glob(os.path.join(job_dir, "logs", "train", "events.out.tfevents.*")))
+
+
+def logged_steps(job_dir: str, skip: Collection[str] = ()) -> list[int]:
+    """The global step at the end of every loop whose scalars the chief wrote, oldest file first."""
+    steps = []
+    for path in sorted(event_files(job_dir) - set(skip)):
+        steps += [event.step for event in tf.compat.v1.train.summary_iterator(path)
+                  if any(value.tag == "loss" for value in event.summary.value)]
+    return steps
+
+
+def checkpoint_step(job_dir: str) -> int | None:
+    """The global step of the chief's latest training checkpoint (`ckpt-<step>`), None before one."""
+    latest = tf.train.latest_checkpoint(os.path.join(job_dir, "checkpoints"))
+    return int(latest.rsplit("-", 1)[1]) if latest else None
 
 
 def test_a_chief_and_a_worker_train_both_stages_and_export_a_model_that_serves(data_dir, tmp_path):
@@ -147,15 +164,12 @@ def test_a_chief_and_a_worker_train_both_stages_and_export_a_model_that_serves(d
 
     with started() as trainers:
         chief, worker = start_cluster(trainers, flags, str(tmp_path), "first", str(scratch))
-        assert_finished(chief, worker)
+        assert_finished(chief, worker)  # A worker a loop apart would block the other in its next all-reduce.
 
-    assert [step[:3] for step in chief.steps()] == [("1", "1", "1"), ("1", "1", "2"), ("2", "2", "3"),
-                                                    ("2", "2", "4")]
-    assert chief.steps() == worker.steps()  # Same losses: one model trained by both.
-    assert history(job_dir) == [(1, 1), (2, 2)]
-    with open(os.path.join(job_dir, "config.json")) as handle:
-        run = json.load(handle)
-    assert (run["workers"], run["replicas"], run["global_batch_size"]) == (2, 2, 4)
+    run = run_description(job_dir)
+    assert (run["workers"], run["replicas"], run["global_batch_size"], run["steps_per_epoch"]) == (2, 2, 4, 2)
+    assert logged_steps(job_dir) == [1, 2, 3, 4]  # One step per loop, 2 per epoch...
+    assert history(job_dir) == [(1, 1), (2, 2)]  # ...epoch 1 in stage 1, epoch 2 in stage 2.
     assert run["learning_rates"]["stage1"] == pytest.approx(1e-3 * 4 / 32)  # The linear scaling rule.
     # Only the chief wrote checkpoints; the worker's temporary ones are gone.
     assert sorted(os.listdir(os.path.join(job_dir, "checkpoints"))) == [
@@ -165,8 +179,8 @@ def test_a_chief_and_a_worker_train_both_stages_and_export_a_model_that_serves(d
     with open(os.path.join(job_dir, "eval", "metrics.json")) as handle:
         metrics = json.load(handle)
     assert {split: metrics[split]["num_examples"] for split in ("val", "test")} == {"val": 6, "test": 6}
-    assert chief.log().count(evaluation.TEST_HEADING) == 1  # The printed report: test once, apart from val.
-    assert evaluation.VAL_HEADING in chief.log()
+    assert chief.log().count(report.TEST_HEADING) == 1  # The printed report: test once, apart from val.
+    assert report.VAL_HEADING in chief.log()
     assert tf.io.gfile.glob(os.path.join(job_dir, "logs", "train", "events.out.tfevents.*"))
 
     loaded = model_store.load(job_dir)
@@ -174,7 +188,7 @@ def test_a_chief_and_a_worker_train_both_stages_and_export_a_model_that_serves(d
     assert loaded.contract.class_names == contract.CLASS_NAMES
     assert loaded.contract.preprocessing_version == contract.PREPROCESSING_VERSION
     assert loaded.contract.training_config == run
-    with open(os.path.join(job_dir, "eval", evaluation.DECISION_RULE_FILE)) as handle:  # Chosen on val.
+    with open(os.path.join(job_dir, "eval", report.DECISION_RULE_FILE)) as handle:  # Chosen on val.
         assert loaded.contract.decision_rule == decision_rule.DecisionRule.from_json(json.load(handle))
     test_split = input_pipeline.inspect_data(data_dir, IMAGE_SIZE)["test"]
     serialized = [record.numpy() for record in tf.data.TFRecordDataset(test_split.shards, "GZIP").take(5)]
@@ -206,21 +220,20 @@ def test_a_worker_killed_in_stage_2_resumes_with_the_chief_after_a_relaunch(data
 
     with started() as trainers:
         chief, worker = start_cluster(trainers, flags, str(tmp_path), "first")
-        wait_for_line(chief, r"checkpoint at stage 2 step \d+: ", [chief, worker])
+        # Stage 1 has 2 steps: a checkpoint after step 3 is one of stage 2.
+        wait_until(lambda: (checkpoint_step(job_dir) or 0) >= 3, "stage-2 checkpoint", [chief, worker])
         worker.process.send_signal(signal.SIGKILL)
         worker.process.wait()
         chief.process.send_signal(signal.SIGKILL)  # Stuck in the next all-reduce; Vertex AI restarts every replica.
         chief.process.wait()
-        latest = tf.train.latest_checkpoint(os.path.join(job_dir, "checkpoints"))
-        saved_step = int(latest.rsplit("-", 1)[1])
-        assert saved_step >= 3  # Stage 1 had 2 steps: the checkpoint is one of stage 2.
+        saved_step = checkpoint_step(job_dir)
+        first_attempt = event_files(job_dir)
 
         chief, worker = start_cluster(trainers, flags, str(tmp_path), "relaunch")
-        assert_finished(chief, worker)
+        assert_finished(chief, worker)  # The worker resumed at the chief's step, or an all-reduce would hang.
 
-    for trainer in (chief, worker):
-        steps = steps_after_resume(trainer, latest)
-        assert steps == list(range(saved_step + 1, 7))  # Continued from the checkpoint up to 3 epochs × 2 steps.
+    # Continued from the checkpoint up to 3 epochs × 2 steps.
+    assert logged_steps(job_dir, skip=first_attempt) == list(range(saved_step + 1, 7))
     assert history(job_dir) == [(1, 1), (2, 2), (2, 3)]
     assert os.path.exists(os.path.join(job_dir, "export", "saved_model.pb"))
 
@@ -229,25 +242,31 @@ def test_sigterm_checkpoints_and_exits_then_a_restart_resumes(data_dir, tmp_path
     """One process, 2 CPU replicas, and stage 1 skipped: from random weights one whole-network stage."""
     job_dir = str(tmp_path / "job")
     flags = [f"--data_dir={data_dir}", f"--job_dir={job_dir}", *COMMON_FLAGS, "--steps_per_epoch=3",
-             "--stage1_epochs=0", "--stage2_epochs=2", "--cpu_replicas=2"]
+             "--stage1_epochs=0", "--stage2_epochs=3", "--cpu_replicas=2"]
 
     with started() as trainers:
         trainers.append(Trainer("trainer", str(tmp_path / "first.log"), flags))
         first = trainers[-1]
-        wait_for_line(first, r"stage 2 epoch 1 step 2 ", [first])
+        # Epoch 1 is done and its SIGTERM handler set; SIGTERM lands with 6 steps to go.
+        wait_until(lambda: os.path.exists(os.path.join(job_dir, "history.json")), "history.json", [first])
         first.process.send_signal(signal.SIGTERM)
         assert first.wait() == preemption.EXIT_CODE, first.log()[-4000:]
-        stopped = re.search(r"stopped by SIGTERM at stage 2 step (\d+) after a checkpoint", first.log())
-        assert stopped, first.log()[-4000:]
-        latest = tf.train.latest_checkpoint(os.path.join(job_dir, "checkpoints"))
-        assert latest.endswith(f"ckpt-{stopped.group(1)}")
+        stopped_step = checkpoint_step(job_dir)
+        stopped = checkpoints.TrainingState()
+        tf.train.Checkpoint(state=stopped).read(tf.train.latest_checkpoint(
+            os.path.join(job_dir, "checkpoints"))).expect_partial()
+        assert (int(stopped.stage), int(stopped.step)) == (2, stopped_step)
+        assert 3 < stopped_step <= 9
+        assert int(stopped.step_in_epoch) > 0  # Saved at the stop: an epoch end's checkpoint has 0 here.
         assert not os.path.exists(os.path.join(job_dir, "export"))
+        first_attempt = event_files(job_dir)
 
         trainers.append(Trainer("restarted", str(tmp_path / "restarted.log"), flags))
         restarted = trainers[-1]
         assert_finished(restarted)
 
-    assert "2 replica(s) in sync on 1 worker(s)" in restarted.log()
-    assert steps_after_resume(restarted, latest) == list(range(int(stopped.group(1)) + 1, 7))
-    assert history(job_dir) == [(2, 1), (2, 2)]
+    run = run_description(job_dir)
+    assert (run["replicas"], run["workers"]) == (2, 1)
+    assert logged_steps(job_dir, skip=first_attempt) == list(range(stopped_step + 1, 10))
+    assert history(job_dir) == [(2, 1), (2, 2), (2, 3)]
     assert os.path.exists(os.path.join(job_dir, "export", "saved_model.pb"))
