@@ -178,9 +178,9 @@ class Controller:
     `history.json` and the TensorBoard writers; while a stage runs, its `StageTrainer` (with
     its optimizer) and the checkpoint that saves it. Built, it has restored the latest
     checkpoint's weights and counters. `train` runs the unfinished stages: `begin_stage`,
-    then per epoch `train_loop` (one host call) and `train_loop_end` (log, scalars,
-    checkpoint or stop) until the epoch is done, then `end_epoch` (`evaluate` on val, best
-    weights, checkpoint, history). `evaluate_and_export` ends the run on the chief.
+    then `train_epoch` per epoch: `train_loop` (one host call) and `train_loop_end` (log,
+    scalars, checkpoint or stop) until the epoch is done, then `end_epoch` (`evaluate` on
+    val, best weights, checkpoint, history). `evaluate_and_export` ends the run on the chief.
     """
 
     def __init__(self, config: TrainConfig, strategy: tf.distribute.Strategy,
@@ -237,12 +237,7 @@ class Controller:
                     continue
                 self.begin_stage(stage)
                 while int(self.state.epoch) < stage.end_epoch:
-                    loops = 0
-                    while int(self.state.step_in_epoch) < self.settings.steps_per_epoch:
-                        figures = self.train_loop(iterator)
-                        loops += 1
-                        self.train_loop_end(figures, loops)
-                    self.end_epoch()
+                    self.train_epoch(iterator)
 
     def begin_stage(self, stage: Stage) -> None:
         """Sets the stage's trainable layers and builds its optimizer, restored if the latest checkpoint holds it."""
@@ -263,6 +258,15 @@ class Controller:
         self.checkpoint = tf.train.Checkpoint(model=self.training_model, optimizer=optimizer, state=self.state)
         logging.info("stage %d: epochs %d-%d, %d trainable weights", stage.number, stage.first_epoch + 1,
                      stage.end_epoch, len(self.training_model.trainable_weights))
+
+    def train_epoch(self, iterator: tf.distribute.DistributedIterator) -> None:
+        """Runs the rest of the current epoch, one host call per loop, then ends it."""
+        loops = 0
+        while int(self.state.step_in_epoch) < self.settings.steps_per_epoch:
+            figures = self.train_loop(iterator)
+            loops += 1
+            self.train_loop_end(figures, loops)
+        self.end_epoch()
 
     def train_loop(self, iterator: tf.distribute.DistributedIterator) -> dict[str, float]:
         """One host call: the epoch's next steps, up to `steps_per_loop`; returns the loop's figures.
