@@ -18,6 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipelines import storage
 from cxr_core import contract
+from cxr_core.confounding import find_confounding
 
 REPORTED_PACKAGES = ("cxr-classifier", "apache-beam", "tensorflow", "tfx-bsl", "pydicom",
                      "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pillow", "numpy")
@@ -60,22 +61,6 @@ def coverage_warnings(patients: dict[str, dict[str, int]]) -> list[str]:
     """A class with no patient in val or test cannot be evaluated: say so loudly."""
     return [f"class {name!r} has no patient in the {split} split; its metrics there are undefined"
             for split in ("val", "test") for name in contract.CLASS_NAMES if patients[split][name] == 0]
-
-
-def single_source_warnings(by_source: dict[str, dict[str, int]]) -> list[str]:
-    """A class drawn from one source while others come from more: a model can tell it by its source.
-
-    Images carry their source in their look (scanner, processing, framing, markers), so
-    such a class is separable without looking at the lungs (DeGrave et al., 2021).
-    """
-    if len(by_source) < 2:
-        return []
-    warnings = []
-    for name in contract.CLASS_NAMES:
-        holders = [source for source, classes in by_source.items() if classes[name]]
-        if len(holders) == 1:
-            warnings.append(f"{name} comes only from {holders[0]}: {name} vs the rest can be learnt from the source")
-    return warnings
 
 
 def split_by_image_warnings(options: dict) -> list[str]:
@@ -132,7 +117,7 @@ def build_manifest(*, options: dict, multipliers: dict[str, int], inputs_listed:
         "notes": dict(sorted(notes.items())),
         "shards": sorted(shards, key=lambda shard: shard["file"]),
         "packages": package_versions(),
-        "warnings": (single_source_warnings(by_source) + split_by_image_warnings(options)
+        "warnings": (find_confounding(by_source).warnings() + split_by_image_warnings(options)
                      + coverage_warnings(patient_table)),
     }
 

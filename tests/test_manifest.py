@@ -13,19 +13,18 @@ def test_the_source_table_has_every_class_of_every_source():
         "site-a": {"normal": 0, "pneumonia": 0, "covid19": 1}, "site-b": {"normal": 2, "pneumonia": 0, "covid19": 0}}
 
 
-def test_a_class_drawn_from_one_source_among_several_is_flagged():
+def test_the_manifest_warns_of_the_source_shortcut_first():
     table = by_source(nih={"normal": 24, "pneumonia": 24}, ieee={"covid19": 24})
-    assert manifest.single_source_warnings(table) == [
-        "normal comes only from nih: normal vs the rest can be learnt from the source",
-        "pneumonia comes only from nih: pneumonia vs the rest can be learnt from the source",
-        "covid19 comes only from ieee: covid19 vs the rest can be learnt from the source"]
-    mixed = by_source(rsna={"normal": 5, "pneumonia": 5}, covid={"normal": 1, "pneumonia": 2, "covid19": 9})
-    assert manifest.single_source_warnings(mixed) == [
-        "covid19 comes only from covid: covid19 vs the rest can be learnt from the source"]
-
-
-def test_one_source_alone_cannot_be_told_apart_from_itself():
-    assert manifest.single_source_warnings(by_source(rsna={"normal": 5, "pneumonia": 5})) == []
+    built = manifest.build_manifest(
+        options={}, multipliers={}, inputs_listed=72, patients=dict.fromkeys([("train", "normal")], 1),
+        originals={("train", "normal"): 24, ("train", "pneumonia"): 24, ("train", "covid19"): 24},
+        source_originals={(source, name): count for source, classes in table.items()
+                          for name, count in classes.items()},
+        examples={("train", "normal"): 24, ("train", "pneumonia"): 24, ("train", "covid19"): 24},
+        rejected={}, shards=[{"file": "train-00000-of-00001.tfrecord.gz", "split": "train", "records": 72}],
+        notes={})
+    assert built["warnings"][0].startswith("covid19 comes only from ieee, which holds no other class")
+    assert built["originals_by_source"] == table
 
 
 def test_an_image_folder_without_a_patient_pattern_is_flagged_as_split_by_image():
