@@ -39,6 +39,8 @@ IMAGE_SIZE = 32
 PHASE_TIMEOUT = 600
 CLOUD_VARIABLES = ("TF_CONFIG", "CLOUD_ML_JOB_ID", "AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR", "AIP_TENSORBOARD_LOG_DIR")
 COMMON_FLAGS = (f"--image_size={IMAGE_SIZE}", "--batch_size=2", "--weights=none", "--steps_per_loop=1", "--seed=3")
+# Every test starts trainer processes on loopback ports.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

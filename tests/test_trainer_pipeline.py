@@ -17,6 +17,7 @@ from cxr_core import contract, imaging
 from serving import features
 from synthetic import records as synthetic_records
 from trainer import distribution, input_pipeline, train
+from trainer.config import TrainConfig
 
 IMAGE_SIZE = 32
 PER_CLASS = {"train": 8, "val": 3, "test": 3}
@@ -58,7 +59,7 @@ def dataset_with(source_dir: str, target_dir: str, split: str, records: list[byt
 
 
 def run_training(data_dir: str, job_dir: str, strategy: tf.distribute.Strategy) -> None:
-    config = train.TrainConfig(data_dir=data_dir, job_dir=job_dir, checkpoint_dir=f"{job_dir}/checkpoints",
+    config = TrainConfig(data_dir=data_dir, job_dir=job_dir, checkpoint_dir=f"{job_dir}/checkpoints",
                                tensorboard_dir=f"{job_dir}/logs", image_size=IMAGE_SIZE, batch_size=4,
                                weights="none")
     train.run(config, strategy)
