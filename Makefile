@@ -4,6 +4,8 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 DEMO_DIR ?= demo_output
 BENCH_DIR ?= bench_output
+# e.g. BENCH_SECTIONS=real_data,dicom_node re-measures those and keeps the other sections (benchmarks/run.py).
+BENCH_SECTIONS ?=
 # The real radiographs of `make real-data` (../shared/real-cxr/README.md says where they come from).
 REAL_CXR ?= ../shared/real-cxr
 REAL_EXTERNAL ?= ../shared/real-cxr-figure1
@@ -107,7 +109,7 @@ test-fast: install
 	$(PYTHON) -m pytest -q -m "not slow"
 
 bench: install
-	$(PYTHON) -m benchmarks.run --work_dir $(BENCH_DIR) --output BENCHMARKS.md
+	$(PYTHON) -m benchmarks.run --work_dir $(BENCH_DIR) --output BENCHMARKS.md $(if $(BENCH_SECTIONS),--sections $(BENCH_SECTIONS))
 
 clean:
 	rm -rf $(DEMO_DIR) $(BENCH_DIR) $(REAL_DIR)
