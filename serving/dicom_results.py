@@ -32,7 +32,6 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from cxr_core import contract
-from serving import gradcam
 
 MANUFACTURER = "cxr-classifier"
 RESEARCH_NOTICE = "RESEARCH USE ONLY - NOT A MEDICAL DEVICE - NOT FOR DIAGNOSIS"
@@ -80,7 +79,7 @@ class ImageFinding:
     source: pydicom.Dataset
     probabilities: tuple[float, ...]  # In `contract.CLASS_NAMES` order.
     class_id: int
-    overlay: np.ndarray  # uint8 RGB [H, W, 3], `gradcam.overlay` of the model's input.
+    overlay: np.ndarray  # uint8 RGB [H, W, 3]: `gradcam.overlay` of the model's input, `gradcam.enlarged` for reading.
 
     @property
     def class_name(self) -> str:
@@ -135,7 +134,7 @@ def heat_map_images(findings: list[ImageFinding], model: ModelIdentity) -> list[
     """One Secondary Capture per finding, in one new series of the study."""
     series_uid = hd.UID()
     images = [hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=finding.source, pixel_array=burn_in_notice(enlarged(finding.overlay)),
+        ref_dataset=finding.source, pixel_array=burn_in_notice(finding.overlay),
         photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
         series_instance_uid=series_uid, series_number=SC_SERIES_NUMBER, sop_instance_uid=hd.UID(),
         instance_number=number, manufacturer=MANUFACTURER, patient_orientation=orientation_of(finding.source),
@@ -153,15 +152,6 @@ def orientation_of(source: pydicom.Dataset) -> tuple[str, str]:
     if len(values) == 2 and all(str(value) in ("A", "P", "L", "R", "H", "F") for value in values):
         return str(values[0]), str(values[1])
     return DEFAULT_ORIENTATION
-
-
-def enlarged(rgb: np.ndarray) -> np.ndarray:
-    """An overlay at the model's size (64² or 128²) is too small to read: enlarged as `gradcam.save_overlay` does."""
-    image = Image.fromarray(rgb, mode="RGB")
-    scale = max(1, -(-gradcam.MIN_DISPLAY_SIZE // max(image.size)))
-    if scale > 1:
-        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.BILINEAR)
-    return np.asarray(image)
 
 
 def burn_in_notice(rgb: np.ndarray, text: str = BURNED_IN_TEXT) -> np.ndarray:

@@ -90,7 +90,7 @@ def predict_study(data: bytes, path: str, pixels: np.ndarray, model_dir: str, gr
             model = gradcam.load_model(os.path.dirname(loaded.export_dir.rstrip("/")))
         except FileNotFoundError as error:
             raise StudyError(str(error)) from error
-        heat_map = gradcam.grad_cam(model, pixels, class_id)
+        heat_map = gradcam.GradCam(model).heat_map(pixels, class_id)
         try:
             gradcam.save_overlay(gradcam_path, pixels, heat_map)
         except tf.errors.OpError as error:

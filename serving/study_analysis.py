@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import io
 import os
-import threading
 
 import numpy as np
 import pydicom
@@ -132,14 +131,14 @@ class StudyModel:
     def __init__(self, model_dir: str):
         try:
             self._loaded = model_store.load(model_dir)
-            self._keras = gradcam.load_model(os.path.dirname(self._loaded.export_dir.rstrip("/")))
+            self._grad_cam = gradcam.GradCam(
+                gradcam.load_model(os.path.dirname(self._loaded.export_dir.rstrip("/"))))
         except (model_store.ModelStoreError, FileNotFoundError) as error:
             raise ModelUnavailable(str(error)) from error
         except (OSError, ValueError, tf.errors.OpError) as error:
             raise ModelUnavailable(f"cannot load the model in {model_dir}: {type(error).__name__}: {error}") from error
         self.image_size = self._loaded.contract.image_size
         self._predict_png = self._loaded.signatures[contract.SERVING_PNG_SIGNATURE]
-        self._keras_lock = threading.Lock()
         rule = self._loaded.contract.decision_rule
         self.identity = dicom_results.ModelIdentity(
             name=f"{MODEL_NAME} {self.image_size}px", version=export_version(self._loaded.export_dir),
@@ -150,19 +149,14 @@ class StudyModel:
         outputs = self._predict_png(**{contract.PNG_INPUT: tf.constant([imaging.encode_png(image) for image in images])})
         return outputs[contract.PROBABILITIES_OUTPUT].numpy(), outputs[contract.CLASS_ID_OUTPUT].numpy()
 
-    def heat_map_overlay(self, pixels: np.ndarray, class_id: int) -> np.ndarray:
-        """The Grad-CAM overlay (uint8 RGB) of `class_id` on `pixels`."""
-        # grad_cam builds a Keras sub-model per call, and Keras names layers from global state: one at a time.
-        with self._keras_lock:
-            heat_map = gradcam.grad_cam(self._keras, pixels, class_id)
-        return gradcam.overlay(pixels, heat_map)
-
     def findings(self, images: list[SelectedImage]) -> list[dicom_results.ImageFinding]:
-        """Prediction and Grad-CAM of every selected image."""
-        probabilities, class_ids = self.predict([image.pixels for image in images])
+        """Prediction and Grad-CAM of every selected image (its overlay enlarged for reading)."""
+        pixels = np.stack([image.pixels for image in images])
+        probabilities, class_ids = self.predict(list(pixels))
+        heat_maps = self._grad_cam.heat_maps(pixels, class_ids)
         return [dicom_results.ImageFinding(image.header, tuple(float(p) for p in probabilities[index]),
                                            int(class_ids[index]),
-                                           self.heat_map_overlay(image.pixels, int(class_ids[index])))
+                                           gradcam.enlarged(gradcam.overlay(image.pixels, heat_maps[index])))
                 for index, image in enumerate(images)]
 
 

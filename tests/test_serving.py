@@ -366,13 +366,18 @@ def keras_model(job_dir) -> keras.Model:
 
 
 @pytest.fixture(scope="module")
+def grad_cam(keras_model) -> gradcam.GradCam:
+    return gradcam.GradCam(keras_model, batch_size=2)
+
+
+@pytest.fixture(scope="module")
 def study_pixels(studies) -> np.ndarray:
     with open(os.path.join(studies, "images", "study-1.dcm"), "rb") as handle:
         return imaging.preprocess_image(handle.read(), IMAGE_SIZE).pixels
 
 
-def test_grad_cam_of_the_prediction_is_a_non_constant_map_at_the_image_size(keras_model, study_pixels):
-    heat_map = gradcam.grad_cam(keras_model, study_pixels)
+def test_grad_cam_of_the_prediction_is_a_non_constant_map_at_the_image_size(grad_cam, study_pixels):
+    heat_map = grad_cam.heat_map(study_pixels)
 
     assert heat_map.shape == study_pixels.shape
     assert heat_map.min() >= 0.0 and heat_map.max() == pytest.approx(1.0)
@@ -380,24 +385,34 @@ def test_grad_cam_of_the_prediction_is_a_non_constant_map_at_the_image_size(kera
 
 
 @pytest.mark.parametrize("class_id", range(contract.NUM_CLASSES))
-def test_grad_cam_of_any_class_is_scaled_to_its_peak_or_empty(keras_model, study_pixels, class_id):
-    heat_map = gradcam.grad_cam(keras_model, study_pixels, class_id)
+def test_grad_cam_of_any_class_is_scaled_to_its_peak_or_empty(grad_cam, study_pixels, class_id):
+    heat_map = grad_cam.heat_map(study_pixels, class_id)
 
     assert heat_map.shape == study_pixels.shape
     assert heat_map.min() >= 0.0 and heat_map.max() in (0.0, pytest.approx(1.0))
 
 
-def test_grad_cam_explains_the_predicted_class_by_default(keras_model, study_pixels):
+def test_grad_cam_explains_the_predicted_class_by_default(keras_model, grad_cam, study_pixels):
     image = features.decode_image(imaging.encode_png(study_pixels), IMAGE_SIZE)
     predicted = int(np.argmax(keras_model(image[tf.newaxis], training=False)[0]))
 
-    np.testing.assert_array_equal(gradcam.grad_cam(keras_model, study_pixels),
-                                  gradcam.grad_cam(keras_model, study_pixels, predicted))
+    np.testing.assert_array_equal(grad_cam.heat_map(study_pixels), grad_cam.heat_map(study_pixels, predicted))
 
 
-def test_grad_cam_needs_the_model_input_size(keras_model):
+def test_grad_cam_of_a_batch_is_each_images_own_map(grad_cam, study_pixels):
+    # Three images in batches of two, each with its own class: a batch must not mix its images' gradients.
+    pixels = np.stack([study_pixels, study_pixels[::-1], np.ascontiguousarray(study_pixels[:, ::-1])])
+    class_ids = np.array([0, 2, 1])
+    maps = grad_cam.heat_maps(pixels, class_ids)
+
+    assert maps.shape == (3, IMAGE_SIZE, IMAGE_SIZE)
+    for image, class_id, heat_map in zip(pixels, class_ids, maps):
+        np.testing.assert_allclose(heat_map, grad_cam.heat_map(image, int(class_id)), atol=1e-5)
+
+
+def test_grad_cam_needs_the_model_input_size(grad_cam):
     with pytest.raises(ValueError, match="the model takes 64x64 images, got 32x32"):
-        gradcam.grad_cam(keras_model, np.zeros((32, 32), dtype=np.uint8))
+        grad_cam.heat_map(np.zeros((32, 32), dtype=np.uint8))
 
 
 def test_overlay_blends_a_blue_to_red_colormap_over_the_image(tmp_path):
@@ -415,3 +430,4 @@ def test_overlay_blends_a_blue_to_red_colormap_over_the_image(tmp_path):
     gradcam.save_overlay(path, pixels, heat_map)
     with Image.open(path) as image:
         assert image.mode == "RGB" and image.size == (8 * 64, 4 * 64)
+        np.testing.assert_array_equal(np.asarray(image), gradcam.enlarged(blended))

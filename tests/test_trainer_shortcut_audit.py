@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, cross_val_predict
 
 from cxr_core import contract
-from trainer import pixel_baseline, saliency, shortcut_audit
+from trainer import pixel_baseline, shortcut_audit
 from trainer.metrics import SplitPredictions, split_metrics
 
 MANIFEST_TABLE = {"covid": {"covid19": 120, "normal": 20, "pneumonia": 15},
@@ -72,10 +72,10 @@ def test_a_class_drawn_from_one_source_is_flagged_from_the_manifest(tmp_path):
     (tmp_path / contract.MANIFEST_FILE).write_text(json.dumps({"originals_by_source": MANIFEST_TABLE}))
     table = shortcut_audit.source_table_from_manifest(shortcut_audit.read_manifest(str(tmp_path)))
     assert table.counts["rsna"] == {"normal": 300, "pneumonia": 280, "covid19": 0}
-    assert table.single_source_classes() == {"covid19": "covid"}
+    assert table.confounding.single_source_classes == {"covid19": "covid"}
     audit = shortcut_audit.ShortcutAudit(table, None, None, None)
-    assert audit.warnings() == ["covid19 comes only from covid: covid19 vs the rest can be learnt from the source; "
-                                "read the within-source ROC-AUC"]
+    assert audit.warnings() == table.confounding.warnings()
+    assert audit.warnings()[0].startswith("covid19 comes only from covid: no image from another source is covid19")
     printed = shortcut_audit.format_audit(audit, "test").splitlines()
     assert printed[2] == f"WARNING: {audit.warnings()[0]}"
     assert printed[6].split() == ["covid", "20", "15", "120"]
@@ -89,25 +89,45 @@ def test_without_a_manifest_table_the_counts_come_from_the_records(tmp_path):
                                                      np.array(["a", "a", "b", "b", "b"]), "val and test records")
     assert table.counts == {"a": {"normal": 1, "pneumonia": 1, "covid19": 0},
                             "b": {"normal": 1, "pneumonia": 0, "covid19": 2}}
-    assert table.single_source_classes() == {"pneumonia": "a", "covid19": "b"}
+    confounding = table.confounding
+    assert (confounding.isolated_classes, confounding.single_source_classes, confounding.separated_pairs) == (
+        {}, {"pneumonia": "a", "covid19": "b"}, (("pneumonia", "covid19"),))
     one_source = shortcut_audit.source_table_from_records(np.array([0, 1, 2]), np.full(3, "a"), "records")
-    assert one_source.single_source_classes() == {}
+    assert shortcut_audit.ShortcutAudit(one_source, None, None, None).warnings() == []
+
+
+def test_central_share_of_hand_built_maps():
+    size = 64
+    band = round(size * shortcut_audit.BORDER_FRACTION)  # 8 pixels along each edge
+    border_only = np.zeros((size, size))
+    border_only[:band, :] = 1.0
+    centre_only = np.zeros((size, size))
+    centre_only[band:-band, band:-band] = 0.5
+    half_and_half = np.zeros((size, size))
+    half_and_half[:band, :band] = 1.0  # 64 pixels in the top left corner ...
+    half_and_half[30:32, 24:56] = 1.0  # ... and 64 in the middle.
+    shares = shortcut_audit.central_share(np.stack([border_only, centre_only, np.ones((size, size)), half_and_half,
+                                                    np.zeros((size, size))]))
+    np.testing.assert_allclose(shares[:4], [0.0, 1.0, shortcut_audit.UNIFORM_CENTRAL_SHARE, 0.5])
+    assert shortcut_audit.UNIFORM_CENTRAL_SHARE == pytest.approx(48 * 48 / 64 ** 2)
+    assert np.isnan(shares[4])
 
 
 def test_central_share_is_averaged_by_predicted_class():
     size = 32
-    band = round(size * saliency.BORDER_FRACTION)
+    band = round(size * shortcut_audit.BORDER_FRACTION)
     centre, border = np.zeros((size, size)), np.zeros((size, size))
     centre[band:-band, band:-band] = 1.0
     border[:band] = 1.0
     maps = np.stack([centre, border, border, centre, np.zeros((size, size)), np.ones((size, size))])
     share = shortcut_audit.central_share_by_class(maps, np.array([0, 0, 0, 2, 2, 1]))
-    assert share.mean == pytest.approx({"normal": 1 / 3, "pneumonia": saliency.UNIFORM_CENTRAL_SHARE, "covid19": 1.0})
+    assert share.mean == pytest.approx({"normal": 1 / 3, "pneumonia": shortcut_audit.UNIFORM_CENTRAL_SHARE,
+                                        "covid19": 1.0})
     assert share.images == {"normal": 3, "pneumonia": 1, "covid19": 1}  # An empty map is left out.
     audit = shortcut_audit.ShortcutAudit(None, None, share, None)
     # An evenly spread map (pneumonia) is not flagged; one with most mass on the border is.
     assert audit.warnings() == [f"Grad-CAM of the images predicted normal lies mostly on the border (central share "
-                                f"0.33, {saliency.UNIFORM_CENTRAL_SHARE:.2f} if spread evenly)"]
+                                f"0.33, {shortcut_audit.UNIFORM_CENTRAL_SHARE:.2f} if spread evenly)"]
 
 
 def test_a_model_that_does_not_beat_the_pixel_baseline_is_flagged():

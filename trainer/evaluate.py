@@ -34,7 +34,7 @@ from cxr_core import contract
 from cxr_core.decision_rule import DecisionRule
 from serving import features, gradcam, model_store
 from trainer import (calibration, calibration_plot, evaluation_set, gallery, input_pipeline, intervals, model_card,
-                     report, saliency, shortcut_audit, subgroups)
+                     report, shortcut_audit, subgroups)
 from trainer import model as model_lib
 from trainer.evaluation_set import EvaluationSet
 from trainer.metrics import SplitMetrics, SplitPredictions
@@ -116,7 +116,8 @@ def evaluate(model: keras.Model, sets: Mapping[str, ScoredSet], rule: DecisionRu
                  for name, split in predictions.items()}
     served = {name: rule.adjusted(split.probabilities) if rule else split.probabilities
               for name, split in predictions.items()}
-    heat_maps = {name: saliency.grad_cams(model, scored.data.pixels, predicted[name]) for name, scored in sets.items()}
+    grad_cam = gradcam.GradCam(model)
+    heat_maps = {name: grad_cam.heat_maps(scored.data.pixels, predicted[name]) for name, scored in sets.items()}
     audited = sets[audited_set].data
     audit = shortcut_audit.ShortcutAudit(
         source_table=source_table or shortcut_audit.source_table_from_records(

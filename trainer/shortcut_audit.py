@@ -6,9 +6,9 @@ Published COVID-19 radiograph classifiers learnt which collection an image came 
 journal, 2021). Every evaluation writes these four checks beside its figures:
 
 (a) the source × class table, from the preprocess manifest (`originals_by_source`, every
-    split) or, for a data dir whose manifest lacks it, from the evaluated records; a class
-    drawn from one source while others come from several is flagged first: "this class vs
-    the rest" can then be learnt from the source alone;
+    split) or, for a data dir whose manifest lacks it, from the evaluated records, with the
+    distinctions the source alone gives away (`cxr_core.confounding`, the rule the manifest's
+    warnings use), flagged first: a class drawn from one source, classes that never share one;
 (b) the source probe: a logistic regression on the model's pooled features
     (`trainer.model.POOLED_FEATURES_LAYER`) predicting each image's source, scored by
     ROC-AUC on held-out folds. Folds keep a patient's images together (a probe that had
@@ -16,9 +16,12 @@ journal, 2021). Every evaluation writes these four checks beside its figures:
     (scikit-learn's StratifiedGroupKFold). Near 0.5 the features do not tell the sources
     apart; near 1 they carry the source. Overall the probe also reads the class where
     classes differ by source, so it is repeated within each class that several sources hold;
-(c) the share of Grad-CAM mass in the central region against the border band
-    (`trainer.saliency`), averaged over the test images predicted as each class; below one
-    half, a class's evidence lies mostly on the border;
+(c) the share of Grad-CAM mass (`serving.gradcam`) in the central region: the image minus
+    a band of `BORDER_FRACTION` of the side along each edge, where preprocessing leaves what
+    is not the lungs (burnt-in text, side markers, the edge of the detector or of a journal
+    figure). It is averaged over the test images predicted as each class; a map spread evenly
+    puts `UNIFORM_CENTRAL_SHARE` there, and below one half a class's evidence lies mostly on
+    the border (DeGrave et al. found such models' saliency outside the lungs);
 (d) a trivial baseline beside the model (`trainer.pixel_baseline`: logistic regression on
     32×32 standardised thumbnails, fitted on train, regularisation chosen on val), with
     ROC-AUC overall and within each source: a deep model that does not beat it has learnt
@@ -41,9 +44,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cxr_core import contract
-from trainer import intervals, pixel_baseline, saliency
+from cxr_core.confounding import Confounding, find_confounding
+from trainer import intervals, pixel_baseline
 from trainer.metrics import SplitMetrics, SplitPredictions, split_metrics
 
+BORDER_FRACTION = 0.125
+UNIFORM_CENTRAL_SHARE = (1 - 2 * BORDER_FRACTION) ** 2
 PROBE_FOLDS = 5
 PROBE_SEED = 0
 PROBE_MAX_ITERATIONS = 2000
@@ -62,20 +68,14 @@ class SourceTable:
     counts: Mapping[str, Mapping[str, int]]  # source → class → originals, classes in contract order
     origin: str
 
-    def single_source_classes(self) -> dict[str, str]:
-        """{class: its only source} for classes drawn from one source while the data has several."""
-        if len(self.counts) < 2:
-            return {}
-        found = {}
-        for name in contract.CLASS_NAMES:
-            holders = [source for source, classes in self.counts.items() if classes.get(name, 0)]
-            if len(holders) == 1:
-                found[name] = holders[0]
-        return found
+    @property
+    def confounding(self) -> Confounding:
+        """The class distinctions the source alone gives away (`cxr_core.confounding`, as the manifest's warnings)."""
+        return find_confounding(self.counts)
 
     def to_json(self) -> dict:
         return {"counts": {source: dict(classes) for source, classes in self.counts.items()}, "origin": self.origin,
-                "single_source_classes": self.single_source_classes()}
+                "confounding": self.confounding.to_json()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,11 +98,11 @@ class CentralShare:
 
     mean: Mapping[str, float | None]
     images: Mapping[str, int]
-    uniform: float = saliency.UNIFORM_CENTRAL_SHARE
+    uniform: float = UNIFORM_CENTRAL_SHARE
 
     def to_json(self) -> dict:
         return {"mean": dict(self.mean), "images": dict(self.images), "uniform": self.uniform,
-                "border_fraction": saliency.BORDER_FRACTION}
+                "border_fraction": BORDER_FRACTION}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,8 +132,7 @@ class ShortcutAudit:
         """The findings that point to a shortcut, most direct first."""
         found = []
         if self.source_table:
-            found += [f"{name} comes only from {source}: {name} vs the rest can be learnt from the source; "
-                      "read the within-source ROC-AUC" for name, source in self.source_table.single_source_classes().items()]
+            found += self.source_table.confounding.warnings()
         if self.probe:
             found += [f"the model's features tell the sources apart within {name} (probe ROC-AUC {auc:.2f}): "
                       "they carry the source" for name, auc in self.probe.within_class.items()
@@ -200,9 +199,20 @@ def source_probe(features: np.ndarray, sources: np.ndarray, patients: np.ndarray
     return SourceProbe(names, roc_auc, within, used_folds, note)
 
 
+def central_share(heat_maps: np.ndarray, border_fraction: float = BORDER_FRACTION) -> np.ndarray:
+    """[N] share of each map's mass inside the central region; NaN for an empty map."""
+    heat_maps = np.asarray(heat_maps, dtype=np.float64)
+    height, width = heat_maps.shape[1:3]
+    rows, columns = round(height * border_fraction), round(width * border_fraction)
+    total = heat_maps.sum(axis=(1, 2))
+    inside = heat_maps[:, rows:height - rows, columns:width - columns].sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, inside / total, np.nan)
+
+
 def central_share_by_class(heat_maps: np.ndarray, predicted: np.ndarray) -> CentralShare:
-    """`saliency.central_share` averaged over the images predicted as each class (empty maps left out)."""
-    shares = saliency.central_share(heat_maps)
+    """`central_share` averaged over the images predicted as each class (empty maps left out)."""
+    shares = central_share(heat_maps)
     predicted = np.asarray(predicted)
     mean, images = {}, {}
     for index, name in enumerate(contract.CLASS_NAMES):
