@@ -69,6 +69,11 @@ METADATA_TRAINING_CONFIG: Final = "training_config"
 # JSON of `cxr_core.decision_rule.DecisionRule` (`null` for a model exported without one);
 # the signatures above already apply it to their outputs.
 METADATA_DECISION_RULE: Final = "decision_rule"
+# The temperature T fitted on val (float64): the signatures above output softmax(log p / T),
+# before the decision rule, so their probabilities are calibrated; 1.0 leaves them as they are.
+METADATA_TEMPERATURE: Final = "temperature"
+# The run's MODEL_CARD.md (Markdown): intended use, training data, evaluation, limits.
+METADATA_MODEL_CARD: Final = "model_card"
 # Version of the pixels a model sees: `imaging.preprocess_image` (file → uint8 square) and
 # `serving.features.decode_image` (PNG → model input). Bump it when either changes, so a
 # model trained on older pixels can be told apart.

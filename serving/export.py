@@ -6,14 +6,16 @@ Signatures (batch prediction, tfx-bsl RunInference and cxr-predict depend on the
   predict_png(image_png: tf.string [None]) — 8-bit grayscale PNGs as written by
       `cxr_core.imaging.encode_png` at the training image size.
   metadata() — no inputs; the `serving.model_store.ModelContract`: image size, class names
-      in output order, preprocessing version, the training configuration and the decision
-      rule (JSON).
+      in output order, preprocessing version, the training configuration, the decision
+      rule (JSON), the temperature and the model card.
 The first two return {'probabilities': float32 [N, 3], 'class_id': int64 [N]}, the class ids
-indexing `contract.CLASS_NAMES`; both decode through `serving.features.decode_image`. With the
-contract's decision rule (`cxr_core.decision_rule`, chosen on val), the probabilities are
-prior-corrected and the class ids follow the rule, exactly as val and test were scored;
-without one, they are the model's own probabilities and their argmax. The SavedModel holds
-the model's weights only: no optimizer state.
+indexing `contract.CLASS_NAMES`; both decode through `serving.features.decode_image`. The
+model's probabilities are first scaled by the contract's temperature T, softmax(log p / T)
+(fitted on val, `trainer.calibration`), so that they are calibrated. With the contract's
+decision rule (`cxr_core.decision_rule`, chosen on val on those scaled probabilities), they
+are then prior-corrected and the class ids follow the rule, exactly as val and test were
+scored; without one, they are the scaled probabilities and their argmax. The SavedModel
+holds the model's weights only: no optimizer state.
 """
 
 import keras
@@ -29,9 +31,12 @@ def export_saved_model(model: keras.Model, export_dir: str, model_contract: mode
     """Writes the SavedModel with the `serving_default`, `predict_png` and `metadata` signatures."""
     image_size = model_contract.image_size
     rule = model_contract.decision_rule
+    temperature = model_contract.temperature
 
     def predict(images: tf.Tensor) -> dict[str, tf.Tensor]:
         probabilities = tf.cast(model(images, training=False), tf.float32)
+        if temperature != 1.0:
+            probabilities = temperature_scaled(probabilities, temperature)
         if rule is None:
             return {contract.PROBABILITIES_OUTPUT: probabilities,
                     contract.CLASS_ID_OUTPUT: tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
@@ -53,6 +58,12 @@ def export_saved_model(model: keras.Model, export_dir: str, model_contract: mode
                          input_signature=[tf.TensorSpec([None], tf.string, name=contract.PNG_INPUT)])
     archive.add_endpoint(contract.SERVING_METADATA_SIGNATURE, model_contract.as_tensors, input_signature=[])
     archive.write_out(export_dir, verbose=False)
+
+
+def temperature_scaled(probabilities: tf.Tensor, temperature: float) -> tf.Tensor:
+    """`trainer.calibration.apply_temperature` in TensorFlow ops: softmax(log p / T)."""
+    logits = tf.math.log(tf.maximum(tf.cast(probabilities, tf.float32), np.finfo(np.float32).tiny))
+    return tf.nn.softmax(logits / temperature, axis=-1)
 
 
 def adjusted_probabilities(rule: DecisionRule, probabilities: tf.Tensor) -> tf.Tensor:

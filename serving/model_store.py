@@ -2,10 +2,11 @@
 
 The trainer's SavedModel answers its `metadata` signature (`contract.SERVING_METADATA_SIGNATURE`,
 no inputs) with the image size, the class names in output order, the preprocessing
-version, the training configuration and the decision rule its signatures apply (chosen
-on val; `None` for models exported without one, which predict the argmax). Batch
-prediction and `cxr-predict` both load models here, so neither needs a flag that
-repeats a choice made at training time. An export without that signature is refused.
+version, the training configuration, the temperature and the decision rule its signatures
+apply (both chosen on val; a model exported without a rule predicts the argmax), and its
+model card. Batch prediction and `cxr-predict` both load models here, so neither needs a
+flag that repeats a choice made at training time. An export without that signature, or
+with an incomplete one, is refused.
 """
 
 import dataclasses
@@ -34,6 +35,8 @@ class ModelContract:
     preprocessing_version: int
     training_config: dict[str, Any]
     decision_rule: DecisionRule | None = None  # None: the argmax of the model's raw probabilities.
+    temperature: float = 1.0  # Applied before the rule: softmax(log p / T).
+    model_card: str = ""  # The run's MODEL_CARD.md.
 
     def as_tensors(self) -> dict[str, tf.Tensor]:
         """The `metadata` signature's outputs."""
@@ -44,6 +47,8 @@ class ModelContract:
             data_contract.METADATA_TRAINING_CONFIG: tf.constant(json.dumps(self.training_config, sort_keys=True)),
             data_contract.METADATA_DECISION_RULE: tf.constant(
                 json.dumps(self.decision_rule.to_json() if self.decision_rule else None)),
+            data_contract.METADATA_TEMPERATURE: tf.constant(self.temperature, tf.float64),
+            data_contract.METADATA_MODEL_CARD: tf.constant(self.model_card),
         }
 
     @classmethod
@@ -56,6 +61,8 @@ class ModelContract:
             preprocessing_version=int(outputs[data_contract.METADATA_PREPROCESSING_VERSION]),
             training_config=json.loads(outputs[data_contract.METADATA_TRAINING_CONFIG].numpy().decode("utf-8")),
             decision_rule=None if rule is None else DecisionRule.from_json(rule),
+            temperature=float(outputs[data_contract.METADATA_TEMPERATURE]),
+            model_card=outputs[data_contract.METADATA_MODEL_CARD].numpy().decode("utf-8"),
         )
 
 

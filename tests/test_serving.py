@@ -26,7 +26,7 @@ from cxr_core import contract, decision_rule, imaging, pseudonyms
 from serving import export, features, gradcam, model_store, study
 from synthetic import dicom_writer, phantom
 from trainer import model as model_lib
-from trainer import operating_point
+from trainer import calibration, operating_point
 
 IMAGE_SIZE = 64
 STUDY_SIDE = (160, 136)  # Not square, so the framing to a square is part of what is compared.
@@ -183,8 +183,8 @@ def test_a_model_of_another_contract_is_refused(changes, message, tmp_path):
         model_store.load(str(tmp_path))
 
 
-def test_an_export_serves_the_classes_of_its_decision_rule_and_records_it(tmp_path):
-    """The rule chosen on val is the rule served: same class ids, same prior-corrected probabilities."""
+def tiny_model_and_pngs() -> tuple[keras.Model, list[bytes], np.ndarray]:
+    """A one-layer model whose classes follow the image's brightness, 30 flat PNGs and its probabilities."""
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(inputs)
     head = keras.layers.Dense(contract.NUM_CLASSES, activation="softmax")
@@ -194,7 +194,20 @@ def test_an_export_serves_the_classes_of_its_decision_rule_and_records_it(tmp_pa
                       np.zeros(contract.NUM_CLASSES)])
     pngs = [imaging.encode_png(np.full((IMAGE_SIZE, IMAGE_SIZE), level, np.uint8))
             for level in np.linspace(0, 255, 30).astype(np.uint8)]
-    raw = tiny(features.decode_images(tf.constant(pngs), IMAGE_SIZE)).numpy()
+    return tiny, pngs, tiny(features.decode_images(tf.constant(pngs), IMAGE_SIZE)).numpy()
+
+
+def served_outputs(loaded: model_store.LoadedModel, pngs: list[bytes]) -> dict[str, dict[str, tf.Tensor]]:
+    return {
+        "examples": loaded.signatures[contract.SERVING_EXAMPLES_SIGNATURE](
+            **{contract.EXAMPLES_INPUT: tf.constant([predict.serving_example(png) for png in pngs])}),
+        "pngs": loaded.signatures[contract.SERVING_PNG_SIGNATURE](**{contract.PNG_INPUT: tf.constant(pngs)}),
+    }
+
+
+def test_an_export_serves_the_classes_of_its_decision_rule_and_records_it(tmp_path):
+    """The rule chosen on val is the rule served: same class ids, same prior-corrected probabilities."""
+    tiny, pngs, raw = tiny_model_and_pngs()
     labels = np.arange(len(pngs)) % contract.NUM_CLASSES
     rule = operating_point.choose_decision_rule(
         decision_rule.parse_decision_rule("target:covid19:sensitivity:0.8"), labels, raw, (10, 10, 80))
@@ -206,14 +219,30 @@ def test_an_export_serves_the_classes_of_its_decision_rule_and_records_it(tmp_pa
     loaded = model_store.load(str(tmp_path))
 
     assert loaded.contract == model_contract(decision_rule=rule)
-    served = {
-        "examples": loaded.signatures[contract.SERVING_EXAMPLES_SIGNATURE](
-            **{contract.EXAMPLES_INPUT: tf.constant([predict.serving_example(png) for png in pngs])}),
-        "pngs": loaded.signatures[contract.SERVING_PNG_SIGNATURE](**{contract.PNG_INPUT: tf.constant(pngs)}),
-    }
-    for name, outputs in served.items():
+    for name, outputs in served_outputs(loaded, pngs).items():
         np.testing.assert_array_equal(outputs[contract.CLASS_ID_OUTPUT], expected, err_msg=name)
         np.testing.assert_allclose(outputs[contract.PROBABILITIES_OUTPUT], rule.adjusted(raw), atol=1e-5,
+                                   err_msg=name)
+
+
+def test_an_export_scales_by_its_temperature_before_the_rule_and_carries_its_model_card(tmp_path):
+    """Val fits the temperature, then the rule on the scaled probabilities; serving does both, in that order."""
+    tiny, pngs, raw = tiny_model_and_pngs()
+    labels = np.arange(len(pngs)) % contract.NUM_CLASSES
+    temperature = 0.4
+    scaled = calibration.apply_temperature(raw, temperature)
+    rule = operating_point.choose_decision_rule(
+        decision_rule.parse_decision_rule("target:covid19:sensitivity:0.8"), labels, scaled, (10, 10, 80))
+    assert not np.array_equal(rule.adjusted(scaled), rule.adjusted(raw))
+
+    written = model_contract(decision_rule=rule, temperature=temperature, model_card="# Model card\n\nresearch only")
+    export.export_saved_model(tiny, str(tmp_path), written)
+    loaded = model_store.load(str(tmp_path))
+
+    assert loaded.contract == written
+    for name, outputs in served_outputs(loaded, pngs).items():
+        np.testing.assert_array_equal(outputs[contract.CLASS_ID_OUTPUT], rule.apply(scaled), err_msg=name)
+        np.testing.assert_allclose(outputs[contract.PROBABILITIES_OUTPUT], rule.adjusted(scaled), atol=1e-5,
                                    err_msg=name)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cxr_core import decision_rule
-from trainer import calibration, model_card, shortcut_audit, subgroups
+from trainer import calibration, model_card, shortcut_audit, subgroups, triage
 from trainer.metrics import SplitPredictions, split_metrics
 
 MANIFEST = {
@@ -55,7 +55,8 @@ def card() -> str:
         model="demo_output/model", run_description=RUN, manifest=MANIFEST, metrics=metrics,
         calibration=calibrations, temperature=temperature, rule=rule,
         rule_reason="the default: prior correction to val's class mix", audit=audit, audited_set="test",
-        subgroups={"test": by_view}, external_provenance={"external": "records in /data/other-hospital"}))
+        subgroups={"test": by_view}, external_provenance={"external": "records in /data/other-hospital"},
+        floor_checks=triage.check_floors(metrics["val"].overall, {"covid19": 0.9})))
 
 
 def section(card: str, title: str) -> str:
@@ -99,6 +100,8 @@ def test_evaluation_calibration_rule_and_audit_are_filled_from_the_results(card)
     assert re.search(r"^\| test \| \d\.\d\d", section(card, "Calibration"), re.MULTILINE)
     assert "argmax after prior correction" in section(card, "Decision rule")
     assert "Why: the default: prior correction" in section(card, "Decision rule")
+    assert re.search(r"- covid19: sensitivity on val 0\.\d\d \[.*\] against the floor 0\.9: NOT MET",
+                     section(card, "Decision rule"))
     assert "WARNING: covid19 comes only from covid" in section(card, "Shortcut audit")
     limits = section(card, "Known limits")
     assert "Shortcut audit: covid19 comes only from covid" in limits
@@ -107,9 +110,9 @@ def test_evaluation_calibration_rule_and_audit_are_filled_from_the_results(card)
 
 def test_a_card_without_manifest_says_the_provenance_is_unknown():
     empty = model_card.ModelCardInputs(model="m", run_description={}, manifest=None, metrics={}, calibration={},
-                                       temperature=None, rule=None, rule_reason="default", audit=None,
+                                       temperature=1.0, rule=None, rule_reason="default", audit=None,
                                        audited_set="test", subgroups={})
     card = model_card.model_card(empty)
     assert "manifest was not found" in section(card, "Training data")
     assert "provenance is unknown" in section(card, "Known limits")
-    assert "No temperature scaling" in section(card, "Calibration")
+    assert "Temperature T = 1.000" in section(card, "Calibration")

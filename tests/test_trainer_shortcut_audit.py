@@ -150,4 +150,8 @@ def test_a_model_that_does_not_beat_the_pixel_baseline_is_flagged():
         "on test", "on test within covid", "on test within rsna"}
     printed = shortcut_audit.format_audit(shortcut_audit.ShortcutAudit(None, None, None, comparison), "test")
     assert "test overall baseline" in printed and "test rsna model" in printed
-    assert json.loads(json.dumps(comparison.to_json()))["roc_auc"]["test"]["baseline"]["overall"]["macro"] > 0.95
+    written = json.loads(json.dumps(comparison.to_json()))["metrics"]["test"]
+    assert written["macro"]["roc_auc"] > 0.95
+    assert set(written["by_source"]) == {"covid", "rsna"}
+    assert written["by_source"]["rsna"]["per_class"]["pneumonia"]["roc_auc"] == (
+        comparison.baseline["test"].by_source["rsna"].per_class["pneumonia"].roc_auc.value)

@@ -117,7 +117,8 @@ def test_every_flag_reaches_its_config_field(local):
               "warmup_steps": 7, "weights": "none", "auxiliary_loss_weight": 0.5, "head_learning_rate_scale": 0.25,
               "class_weight": "balanced", "mixed_precision": "float16", "jit_compile": True, "steps_per_epoch": 9,
               "steps_per_loop": 5, "checkpoint_every_loops": 2, "keep_checkpoints": 3, "cache": "memory",
-              "cache_budget_gb": 1.5, "decision_rule": "target:covid19:specificity:0.9", "seed": 7}
+              "cache_budget_gb": 1.5, "decision_rule": "target:covid19:specificity:0.9", "min_sensitivity": "pneumonia=0.8",
+              "seed": 7}
     defaults = {setting.name: setting.default for setting in config.settings(config.TrainConfig)}
     assert set(values) == set(defaults)
     assert all(values[name] != defaults[name] for name in values)  # Else a flag ignored would go unnoticed.
@@ -150,7 +151,7 @@ def test_a_config_built_in_code_fills_in_the_automatic_settings():
                                       "--mixed_precision=true",
                                       "--steps_per_loop=0", "--keep_checkpoints=0", "--cache=disk",
                                       "--auxiliary_loss_weight=-1", "--head_learning_rate_scale=0",
-                                      "--decision_rule=target:covid19:recall:0.95"])
+                                      "--decision_rule=target:covid19:recall:0.95", "--min_sensitivity=covid=0.9"])
 def test_invalid_flag_values_are_refused(argument):
     with pytest.raises(flags.IllegalFlagValueError):
         parse("--data_dir=records", "--job_dir=job", argument)

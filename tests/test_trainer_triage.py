@@ -45,6 +45,7 @@ def test_a_rule_below_the_floor_on_val_is_flagged_with_its_interval():
     printed = triage.format_operating_points({"val": at_rule}, {"val": at_argmax}, [check, met])
     lines = printed.splitlines()
     assert lines[0] == f"Operating point: {rule.describe()}"
+    assert lines[1].startswith("  val sensitivity at the rule (the lower bound is what val can promise")
     assert "covid19 0.00 [0.00–0.16]" in lines[1]
     assert lines[2:4] == ["  covid19: floor 0.9 (--min_sensitivity), NOT MET on val",
                           "  normal: floor 0.9 (--min_sensitivity), met on val"]
@@ -52,3 +53,19 @@ def test_a_rule_below_the_floor_on_val_is_flagged_with_its_interval():
     rule_cells, argmax_cells = covid_row[24:].split("|")
     assert rule_cells.split() == ["20", "0", "0"]
     assert argmax_cells.split() == ["4", "0", "16"]
+
+
+def test_the_reason_for_the_rule_names_it():
+    assert triage.rule_reason("target:covid19:sensitivity:0.95").startswith(
+        "`--decision_rule target:covid19:sensitivity:0.95`: covid19 is predicted when")
+    assert triage.rule_reason("argmax").startswith("`--decision_rule argmax`")
+
+
+def test_the_floor_warnings_follow_the_checks():
+    at_rule = classification_metrics(LABELS, probabilities(), resamples=0)  # argmax: covid19 0.80, normal 1.00
+    below = triage.check_floors(at_rule, {"covid19": 0.9})
+    assert triage.format_floor_warnings(below).splitlines() == [
+        "DECISION RULE", "=============", f"WARNING: {below[0].warning()}"]
+    met = triage.check_floors(at_rule, {"normal": 0.9, "covid19": 0.8})
+    assert triage.format_floor_warnings(met).splitlines()[2] == "every sensitivity floor met on val (normal 0.9, covid19 0.8)"
+    assert triage.format_floor_warnings([]).splitlines()[2] == "no sensitivity floor set (--min_sensitivity)"

@@ -21,7 +21,7 @@ from typing import Any
 import tensorflow as tf
 
 from cxr_core import contract, decision_rule
-from trainer import model, optimization
+from trainer import model, optimization, triage
 
 Check = Callable[[Any], object]  # Raises ValueError, whose message says what the value must be.
 
@@ -175,6 +175,10 @@ class TrainConfig:
         "class mix to val's), or target:<class>:<sensitivity|specificity>:<value>, e.g. "
         "target:covid19:sensitivity:0.95 (a threshold on that class set on val to reach the target there).",
         decision_rule.ARGMAX, check=decision_rule.parse_decision_rule)
+    min_sensitivity: str = setting(
+        "Sensitivity floors per class, class=value pairs (empty for none): the report opens with a warning when the "
+        "decision rule's val sensitivity for a class is below its floor.", triage.DEFAULT_MIN_SENSITIVITY,
+        check=triage.parse_min_sensitivity)
     seed: int = setting("Seed for weights initialisation and input shuffling.", 42)
 
     def __post_init__(self):

@@ -34,10 +34,10 @@ from cxr_core import contract
 from cxr_core.decision_rule import DecisionRule
 from serving import features, gradcam, model_store
 from trainer import (calibration, calibration_plot, evaluation_set, gallery, input_pipeline, intervals, model_card,
-                     report, shortcut_audit, subgroups)
+                     pixel_baseline, report, shortcut_audit, subgroups, triage)
 from trainer import model as model_lib
 from trainer.evaluation_set import EvaluationSet
-from trainer.metrics import SplitMetrics, SplitPredictions
+from trainer.metrics import UNCORRECTED_ARGMAX, SplitMetrics, SplitPredictions, classification_metrics
 
 PROG = "python -m trainer.evaluate"
 BATCH_SIZE = 64
@@ -45,6 +45,7 @@ CALIBRATION_FILE = "calibration.json"
 RELIABILITY_FILE = "reliability.png"
 SUBGROUPS_FILE = "subgroups.json"
 AUDIT_FILE = "shortcut_audit.json"
+OPERATING_POINT_FILE = "operating_point.json"
 REPORT_FILE = "report.txt"
 
 
@@ -60,9 +61,9 @@ class ScoredSet:
     model_probabilities: np.ndarray
     pooled_features: np.ndarray
 
-    def predictions(self, temperature: float | None) -> SplitPredictions:
-        """The probabilities the decision rule and the report read: at the model's temperature, if it has one."""
-        probabilities = (self.model_probabilities if temperature is None
+    def predictions(self, temperature: float) -> SplitPredictions:
+        """The probabilities the decision rule and the report read: the model's at `temperature`."""
+        probabilities = (self.model_probabilities if temperature == 1.0
                          else calibration.apply_temperature(self.model_probabilities, temperature))
         return SplitPredictions(self.data.labels, probabilities, self.data.sources, self.data.patients)
 
@@ -76,6 +77,7 @@ class Evaluation:
     subgroups: dict[str, dict]
     audit: shortcut_audit.ShortcutAudit
     audited_set: str
+    floor_checks: list[triage.FloorCheck]
     text: str
 
 
@@ -93,17 +95,32 @@ def score(model: keras.Model, data: EvaluationSet, batch_size: int = BATCH_SIZE)
     return ScoredSet(data, np.concatenate(probabilities), np.concatenate(pooled))
 
 
-def evaluate(model: keras.Model, sets: Mapping[str, ScoredSet], rule: DecisionRule | None, temperature: float | None,
-             eval_dir: str, source_table: shortcut_audit.SourceTable | None, audited_set: str,
-             baseline: shortcut_audit.BaselineComparison | None = None,
-             resamples: int = intervals.BOOTSTRAP_RESAMPLES) -> Evaluation:
+def fit_pixel_baseline(train_shards: list[str], image_size: int, val: EvaluationSet) -> pixel_baseline.PixelBaseline:
+    """The pixel baseline fitted on the train split's originals, its regularisation chosen on val."""
+    thumbnails, labels = [], []
+    for pixels, batch_labels in evaluation_set.record_pixel_batches(train_shards, image_size):
+        thumbnails.append(pixel_baseline.thumbnails(pixels))
+        labels.append(batch_labels)
+    return pixel_baseline.fit(np.concatenate(thumbnails), np.concatenate(labels),
+                              pixel_baseline.thumbnails(val.pixels), val.labels)
+
+
+def evaluate(model: keras.Model, sets: Mapping[str, ScoredSet], rule: DecisionRule | None, temperature: float,
+             eval_dir: str, *, source_table: shortcut_audit.SourceTable | None, audited_set: str,
+             floors: Mapping[str, float], floor_set: str, baseline: pixel_baseline.PixelBaseline | None = None,
+             heading: str = "", resamples: int = intervals.BOOTSTRAP_RESAMPLES) -> Evaluation:
     """Scores every set under `rule` at `temperature`, audits `audited_set`, writes the eval dir's files.
 
     `source_table` is the training data's (None: counted from the audited set's records);
-    `baseline` the pixel baseline's comparison, when one was fitted.
+    the sensitivity `floors` are checked on `floor_set` (val, which chose the rule, or an
+    external set); `baseline`, when fitted, is scored on every set beside the model.
+    `heading` opens the printed report (report.txt).
     """
     predictions = {name: scored.predictions(temperature) for name, scored in sets.items()}
     metrics = report.write_report(eval_dir, predictions, rule, resamples)
+    at_argmax = {name: classification_metrics(split.labels, split.probabilities, split.patients, resamples=0)
+                 for name, split in predictions.items()}
+    checks = triage.check_floors(metrics[floor_set].overall, floors, floor_set)
     calibrations = {name: (calibration.calibration(scored.data.labels, scored.model_probabilities,
                                                    scored.data.patients, resamples),
                            calibration.calibration(scored.data.labels, predictions[name].probabilities,
@@ -125,47 +142,52 @@ def evaluate(model: keras.Model, sets: Mapping[str, ScoredSet], rule: DecisionRu
         probe=shortcut_audit.source_probe(sets[audited_set].pooled_features, audited.sources, audited.patients,
                                           audited.labels),
         central_share=shortcut_audit.central_share_by_class(heat_maps[audited_set], predicted[audited_set]),
-        baseline=baseline)
+        baseline=baseline and shortcut_audit.baseline_comparison(
+            baseline, {name: pixel_baseline.thumbnails(scored.data.pixels) for name, scored in sets.items()},
+            predictions, metrics, resamples))
     for name, scored in sets.items():
         gallery.write_gallery(os.path.join(eval_dir, gallery_file(name)), f"{name}: the most confident errors",
                               scored.data.pixels, heat_maps[name], scored.data.labels, predicted[name], served[name])
     _write_json(os.path.join(eval_dir, CALIBRATION_FILE), {
         "temperature": temperature,
         **{name: {"before": before.to_json(), "after": after.to_json()} for name, (before, after) in calibrations.items()}})
+    _write_json(os.path.join(eval_dir, OPERATING_POINT_FILE), {
+        "decision_rule": rule.describe() if rule else UNCORRECTED_ARGMAX,
+        "floors": [{"class": check.class_name, "floor": check.floor, "set": check.set_name,
+                    "sensitivity": check.sensitivity.value, "interval": check.sensitivity.interval_json(),
+                    "met": not check.below} for check in checks],
+        "at_argmax": {name: figures.to_json() for name, figures in at_argmax.items()}})
     _write_json(os.path.join(eval_dir, SUBGROUPS_FILE), {
         name: {attribute: {value: group.to_json() for value, group in groups.items()}
                for attribute, groups in by_attribute.items()} for name, by_attribute in by_subgroup.items()})
     _write_json(os.path.join(eval_dir, AUDIT_FILE), {"audited_set": audited_set, **audit.to_json()})
     with tf.io.gfile.GFile(os.path.join(eval_dir, RELIABILITY_FILE), "wb") as output:
         output.write(calibration_plot.reliability_diagrams({
-            f"{name} {state}": (figures.reliability, f"ECE {_estimate_text(figures.ece)}")
-            for name, pair in calibrations.items()
-            for state, figures in zip(("before", "after T"), pair) if temperature is not None or state == "before"}))
+            f"{name} {state}": (figures.reliability, f"ECE {figures.ece.text(3, '-')}")
+            for name, pair in calibrations.items() for state, figures in zip(("before T", "after T"), pair)}))
     text = "\n\n".join([
+        *([heading] if heading else []),
         shortcut_audit.format_warnings(audit),
+        triage.format_floor_warnings(checks),
         report.format_table(metrics),
         format_calibration(calibrations, temperature),
+        triage.format_operating_points({name: split.overall for name, split in metrics.items()}, at_argmax, checks),
         *(subgroups.format_subgroups(by_attribute, name) for name, by_attribute in by_subgroup.items()),
         shortcut_audit.format_checks(audit, audited_set),
     ])
-    return Evaluation(metrics, calibrations, by_subgroup, audit, audited_set, text)
+    with tf.io.gfile.GFile(os.path.join(eval_dir, REPORT_FILE), "w") as output:
+        output.write(text + "\n")
+    return Evaluation(metrics, calibrations, by_subgroup, audit, audited_set, checks, text)
 
 
 def format_calibration(calibrations: Mapping[str, tuple[calibration.Calibration, calibration.Calibration]],
-                       temperature: float | None) -> str:
+                       temperature: float) -> str:
     """One line per set: ECE and Brier score, before and after the temperature."""
-    if temperature is None:
-        lines = ["Calibration (no temperature: the model's own probabilities); ECE: top class, "
-                 f"{calibration.ECE_BINS} bins, 0 is perfect"]
-    else:
-        lines = [f"Calibration, before -> after temperature scaling (T = {temperature:.3f}, fitted on val); ECE: top "
-                 f"class, {calibration.ECE_BINS} bins, 0 is perfect"]
+    lines = [f"Calibration, before -> after temperature scaling (T = {temperature:.3f}, fitted on val); "
+             f"ECE: top class, {calibration.ECE_BINS} equal-width bins; Brier: 0 to 2; 0 is perfect for both"]
     for name, (before, after) in calibrations.items():
-        if temperature is None:
-            lines.append(f"{name:<9} ECE {_estimate_text(before.ece)}, Brier {_estimate_text(before.brier)}")
-        else:
-            lines.append(f"{name:<9} ECE {_estimate_text(before.ece)} -> {_estimate_text(after.ece)}, "
-                         f"Brier {_estimate_text(before.brier)} -> {_estimate_text(after.brier)}")
+        lines.append(f"{name:<9} ECE {before.ece.text(3, '-')} -> {after.ece.text(3, '-')}, "
+                     f"Brier {before.brier.text(3, '-')} -> {after.brier.text(3, '-')}")
     return "\n".join(lines)
 
 
@@ -203,30 +225,30 @@ def run(argv: list[str] | None = None) -> Evaluation:
         data, source_table = _read_data(args, splits, model_contract.image_size)
     except (ValueError, input_pipeline.DataError) as error:
         raise SystemExit(f"{PROG}: {error}") from None
-    temperature = None
-    evaluation = evaluate(model, {args.name: score(model, data)}, model_contract.decision_rule, temperature,
-                          args.output_dir, source_table, args.name)
-    training_data = model_contract.training_config.get("config", {}).get("data_dir")
+    rule = model_contract.decision_rule
+    training = model_contract.training_config.get("config", {})
+    training_data = training.get("data_dir")
     heading = "\n".join([
         f"EXTERNAL EVALUATION of the model in {loaded.export_dir}",
-        f"model: trained on {training_data or 'data not recorded'}; decision rule: "
-        f"{model_contract.decision_rule.describe() if model_contract.decision_rule else 'argmax'}",
+        f"model: trained on {training_data or 'data not recorded'}; temperature {model_contract.temperature:.3f}; "
+        f"decision rule: {rule.describe() if rule else UNCORRECTED_ARGMAX}",
         f"data ({args.name}): {data.provenance}",
         f"nothing was fitted on these data; outputs in {args.output_dir}"])
-    text = f"{heading}\n\n{evaluation.text}\n"
-    with tf.io.gfile.GFile(os.path.join(args.output_dir, REPORT_FILE), "w") as output:
-        output.write(text)
+    evaluation = evaluate(model, {args.name: score(model, data)}, rule, model_contract.temperature, args.output_dir,
+                          source_table=source_table, audited_set=args.name,
+                          floors=triage.parse_min_sensitivity(training.get("min_sensitivity", "")),
+                          floor_set=args.name, heading=heading)
     card = model_card.model_card(model_card.ModelCardInputs(
         model=loaded.export_dir, run_description=model_contract.training_config,
         manifest=shortcut_audit.read_manifest(training_data) if training_data else None,
-        metrics=evaluation.metrics, calibration=evaluation.calibration, temperature=temperature,
-        rule=model_contract.decision_rule,
-        rule_reason="the model's own rule, chosen on its val split when it was trained; applied unchanged",
+        metrics=evaluation.metrics, calibration=evaluation.calibration, temperature=model_contract.temperature,
+        rule=rule, rule_reason="the model's own rule, chosen on its val split when it was trained and applied "
+                               "unchanged here. " + triage.rule_reason(rule.spec if rule else "argmax"),
         audit=evaluation.audit, audited_set=args.name, subgroups=evaluation.subgroups,
-        external_provenance={args.name: data.provenance}))
+        external_provenance={args.name: data.provenance}, floor_checks=evaluation.floor_checks))
     with tf.io.gfile.GFile(os.path.join(args.output_dir, model_card.FILE_NAME), "w") as output:
         output.write(card)
-    print(text, flush=True)
+    print(evaluation.text, flush=True)
     return evaluation
 
 
@@ -252,14 +274,6 @@ def _read_data(args: argparse.Namespace, splits: list[str], image_size: int
 def _write_json(path: str, content: dict) -> None:
     with tf.io.gfile.GFile(path, "w") as output:
         json.dump(content, output, indent=2)
-
-
-def _estimate_text(estimate) -> str:
-    if estimate.value is None:
-        return "n/a"
-    if estimate.interval is None:
-        return f"{estimate.value:.3f}"
-    return f"{estimate.value:.3f} [{estimate.interval[0]:.3f}-{estimate.interval[1]:.3f}]"
 
 
 if __name__ == "__main__":

@@ -70,6 +70,15 @@ class Estimate:
     def interval_json(self) -> list[float] | None:
         return None if self.interval is None else [float(self.interval[0]), float(self.interval[1])]
 
+    def text(self, digits: int = 2, dash: str = "–") -> str:
+        """`0.87 [0.62–0.96]`, `0.87` without an interval, `n/a` when undefined."""
+        if self.value is None:
+            return "n/a"
+        if self.interval is None:
+            return f"{self.value:.{digits}f}"
+        low, high = self.interval
+        return f"{self.value:.{digits}f} [{low:.{digits}f}{dash}{high:.{digits}f}]"
+
 
 @dataclasses.dataclass(frozen=True)
 class Figures:

@@ -16,8 +16,9 @@ from collections.abc import Mapping, Sequence
 from cxr_core import contract
 from cxr_core.decision_rule import DecisionRule
 from trainer.calibration import ECE_BINS, Calibration
-from trainer.metrics import MIN_PATIENTS_TO_CONCLUDE, ClassificationMetrics, Estimate, SplitMetrics
+from trainer.metrics import MIN_PATIENTS_TO_CONCLUDE, ClassificationMetrics, SplitMetrics
 from trainer.shortcut_audit import ShortcutAudit, format_audit
+from trainer.triage import FloorCheck
 
 FILE_NAME = "MODEL_CARD.md"
 INTENDED_USE = (
@@ -48,13 +49,14 @@ class ModelCardInputs:
     manifest: Mapping | None  # The training data's preprocess manifest; None when it cannot be read.
     metrics: Mapping[str, SplitMetrics]  # val and test, then any external set, by name.
     calibration: Mapping[str, tuple[Calibration, Calibration]]  # Set → (before, after temperature scaling).
-    temperature: float | None
+    temperature: float
     rule: DecisionRule | None
     rule_reason: str
     audit: ShortcutAudit | None
     audited_set: str
     subgroups: Mapping[str, Mapping[str, Mapping[str, ClassificationMetrics]]]  # Set → attribute → value.
     external_provenance: Mapping[str, str] = dataclasses.field(default_factory=dict)  # Set → where it comes from.
+    floor_checks: Sequence[FloorCheck] = ()  # The sensitivity floors (--min_sensitivity) against the rule.
 
 
 def model_card(inputs: ModelCardInputs) -> str:
@@ -70,7 +72,7 @@ def model_card(inputs: ModelCardInputs) -> str:
         "## Evaluation\n\n" + _evaluation(inputs.metrics, inputs.external_provenance),
         "## Subgroups\n\n" + _subgroups(inputs.subgroups),
         "## Calibration\n\n" + _calibration(inputs.calibration, inputs.temperature),
-        "## Decision rule\n\n" + _decision_rule(inputs.rule, inputs.rule_reason),
+        "## Decision rule\n\n" + _decision_rule(inputs.rule, inputs.rule_reason, inputs.floor_checks),
         "## Shortcut audit\n\n" + ("Not run." if inputs.audit is None else
                                    "```\n" + format_audit(inputs.audit, inputs.audited_set) + "\n```"),
         "## Known limits\n\n" + "\n".join(f"- {limit}" for limit in known_limits(inputs)),
@@ -146,18 +148,18 @@ def _evaluation(metrics: Mapping[str, SplitMetrics], provenance: Mapping[str, st
         if name in provenance:
             title += f"\n\nData: {provenance[name]}"
         rows = [[class_name + ("*" if figures.too_small and figures.support else ""), str(figures.support),
-                 *(_text(getattr(figures, metric)) for metric in SUMMARY_METRICS)]
+                 *(getattr(figures, metric).text() for metric in SUMMARY_METRICS)]
                 for class_name, figures in overall.per_class.items()]
-        rows.append(["macro", str(overall.num_examples), *(_text(getattr(overall.macro, metric))
+        rows.append(["macro", str(overall.num_examples), *(getattr(overall.macro, metric).text()
                                                            for metric in SUMMARY_METRICS)])
-        rows.append(["accuracy", str(overall.num_examples), _text(overall.accuracy), "", "", ""])
+        rows.append(["accuracy", str(overall.num_examples), overall.accuracy.text(), "", "", ""])
         parts += [title, f"Decision rule: {overall.decision_rule}",
                   _table(["class", "n", *(METRIC_TITLES[metric] for metric in SUMMARY_METRICS)], rows)]
         if len(split.by_source) > 1:
             parts += ["One-vs-rest ROC-AUC within each source (near 0.5 where the overall figure is high: the class "
                       "is recognised by its source):",
                       _table(["source", "n", *contract.CLASS_NAMES],
-                             [[source, str(scope.num_examples), *(_text(figures.roc_auc)
+                             [[source, str(scope.num_examples), *(figures.roc_auc.text()
                                                                   for figures in scope.per_class.values())]
                               for source, scope in split.by_source.items()])]
     return "\n\n".join(parts)
@@ -170,37 +172,29 @@ def _subgroups(subgroups: Mapping[str, Mapping[str, Mapping[str, ClassificationM
             parts += [f"{name}, by {attribute}: sensitivity per class and accuracy",
                       _table([attribute, "n", "patients", *contract.CLASS_NAMES, "accuracy"],
                              [[value, str(metrics.num_examples), str(metrics.num_patients),
-                               *(_text(figures.sensitivity) + ("*" if figures.too_small and figures.support else "")
-                                 for figures in metrics.per_class.values()), _text(metrics.accuracy)]
+                               *(figures.sensitivity.text() + ("*" if figures.too_small and figures.support else "")
+                                 for figures in metrics.per_class.values()), metrics.accuracy.text()]
                               for value, metrics in groups.items()])]
     return "\n\n".join(parts) or "The records give no view, sex or age band."
 
 
-def _calibration(calibration: Mapping[str, tuple[Calibration, Calibration]], temperature: float | None) -> str:
-    if temperature is None:
-        head = "No temperature scaling: the probabilities are the model's own."
-    else:
-        head = (f"Temperature T = {temperature:.3f}, fitted on val by minimising the negative log-likelihood "
-                "(Guo et al. 2017); served probabilities are softmax(log p / T). Expected calibration error (ECE, "
-                f"top class, {ECE_BINS} equal-width bins) and Brier score, before and after:")
-    rows = [[name, _text(before.ece), _text(after.ece), _text(before.brier), _text(after.brier)]
+def _calibration(calibration: Mapping[str, tuple[Calibration, Calibration]], temperature: float) -> str:
+    head = (f"Temperature T = {temperature:.3f}, fitted on val by minimising the negative log-likelihood (Guo et al. "
+            "2017); the served probabilities are softmax(log p / T), before the decision rule. Expected calibration "
+            f"error (ECE, top class, {ECE_BINS} equal-width bins) and Brier score, before and after:")
+    rows = [[name, before.ece.text(), after.ece.text(), before.brier.text(), after.brier.text()]
             for name, (before, after) in calibration.items()]
     return head + "\n\n" + _table(["set", "ECE before", "ECE after", "Brier before", "Brier after"], rows)
 
 
-def _decision_rule(rule: DecisionRule | None, reason: str) -> str:
+def _decision_rule(rule: DecisionRule | None, reason: str, checks: Sequence[FloorCheck]) -> str:
     described = rule.describe() if rule else "argmax of the model's probabilities"
-    return f"{described}.\n\nWhy: {reason}"
+    floors = [f"- {check.class_name}: sensitivity on {check.set_name} {check.sensitivity.text()} against the floor "
+              f"{check.floor:g}: {'NOT MET' if check.below else 'met'}" for check in checks]
+    return "\n\n".join([f"{described}.", f"Why: {reason}", *(["Sensitivity floors:\n" + "\n".join(floors)]
+                                                             if floors else [])])
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
-def _text(estimate: Estimate) -> str:
-    if estimate.value is None:
-        return "n/a"
-    if estimate.interval is None:
-        return f"{estimate.value:.2f}"
-    return f"{estimate.value:.2f} [{estimate.interval[0]:.2f}–{estimate.interval[1]:.2f}]"

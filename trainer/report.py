@@ -60,7 +60,7 @@ def write_report(eval_dir: str, results: Mapping[str, SplitPredictions], rule: D
         {split: _plot_caption(metrics.overall) for split, metrics in metrics_by_split.items()})
     roc_png = plots.roc_curves(
         {split: {name: (*roc_curve(predictions.labels == index, predictions.probabilities[:, index]),
-                        _interval_text(metrics_by_split[split].overall.per_class[name].roc_auc, PLOT_DASH))
+                        metrics_by_split[split].overall.per_class[name].roc_auc.text(dash=PLOT_DASH))
                  for index, name in enumerate(contract.CLASS_NAMES)}
          for split, predictions in results.items()})
     for name, png in ((CONFUSION_MATRIX_FILE, confusion_png), (ROC_FILE, roc_png)):
@@ -112,18 +112,8 @@ def _format_source_table(by_source: Mapping[str, ClassificationMetrics]) -> str:
     return "\n".join(lines)
 
 
-def _interval_text(estimate: Estimate, dash: str = "–") -> str:
-    """`0.87 [0.62–0.96]`, `0.87` without an interval, `n/a` when undefined."""
-    if estimate.value is None:
-        return "n/a"
-    if estimate.interval is None:
-        return f"{estimate.value:.2f}"
-    low, high = estimate.interval
-    return f"{estimate.value:.2f} [{low:.2f}{dash}{high:.2f}]"
-
-
 def _plot_caption(metrics: ClassificationMetrics) -> str:
-    caption = f"accuracy {_interval_text(metrics.accuracy, PLOT_DASH)}"
+    caption = f"accuracy {metrics.accuracy.text(dash=PLOT_DASH)}"
     if metrics.too_small_to_conclude:
         caption += (f"\nfewer than {MIN_PATIENTS_TO_CONCLUDE} patients, too few to conclude: "
                     + ", ".join(metrics.too_small_to_conclude))
@@ -140,4 +130,4 @@ def _cells(figures: Figures) -> str:
 
 
 def _cell(estimate: Estimate, flag: str = "") -> str:
-    return f"{_interval_text(estimate) + flag:>{CELL_WIDTH}}"
+    return f"{estimate.text() + flag:>{CELL_WIDTH}}"

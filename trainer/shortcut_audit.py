@@ -114,9 +114,9 @@ class BaselineComparison:
     baseline: Mapping[str, SplitMetrics]
 
     def to_json(self) -> dict:
+        """The baseline's figures in metrics.json's structure; the model's own are in metrics.json."""
         return {"regularisation": self.regularisation,
-                "roc_auc": {split: {"model": _auc_table(self.model[split]), "baseline": _auc_table(metrics)}
-                            for split, metrics in self.baseline.items()}}
+                "metrics": {split: metrics.to_json() for split, metrics in self.baseline.items()}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,7 +272,7 @@ def format_checks(audit: ShortcutAudit, split: str) -> str:
                   f"{'':<28}" + "".join(f"{name:>{CELL_WIDTH}}" for name in (*contract.CLASS_NAMES, "macro"))]
         for split_name, baseline in audit.baseline.baseline.items():
             model = audit.baseline.model[split_name]
-            for where in ("", *baseline.by_source):
+            for where in ("", *(baseline.by_source if len(baseline.by_source) > 1 else ())):
                 for who, metrics in (("model", model), ("baseline", baseline)):
                     scope = metrics.overall if not where else metrics.by_source[where]
                     label = f"{split_name} {where or 'overall'} {who}"
@@ -304,12 +304,6 @@ def _probe_auc(features: np.ndarray, sources: np.ndarray, patients: np.ndarray, 
 
 def _auc_row(metrics) -> list[float | None]:
     return [figures.roc_auc.value for figures in metrics.per_class.values()] + [metrics.macro.roc_auc.value]
-
-
-def _auc_table(metrics: SplitMetrics) -> dict:
-    names = (*contract.CLASS_NAMES, "macro")
-    return {"overall": dict(zip(names, _auc_row(metrics.overall))),
-            "by_source": {source: dict(zip(names, _auc_row(scope))) for source, scope in metrics.by_source.items()}}
 
 
 def _macro_aucs(model: SplitMetrics, baseline: SplitMetrics) -> list[tuple[str, float | None, float | None]]:

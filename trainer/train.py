@@ -26,8 +26,10 @@ originals (the same numbers everywhere, so no worker waits for another's decisio
 chief keeps the weights of the best epoch by val macro ROC-AUC, and all save a training
 checkpoint (see `trainer.checkpoints`). A job started again with the same flags resumes
 from the latest checkpoint at its stage and step. After training, the chief loads the
-best epoch's weights, fits the decision rule (`--decision_rule`, `trainer.operating_point`)
-on val, evaluates val and test under it, and exports the model with it; test never chooses anything.
+best epoch's weights, fits the temperature (`trainer.calibration`) and then the decision rule
+(`--decision_rule`, `trainer.operating_point`) on val, evaluates val and test under both
+(`trainer.evaluate`), writes the model card, and exports the model with all three; test
+never chooses anything.
 """
 
 import dataclasses
@@ -43,8 +45,8 @@ from absl import logging
 
 from cxr_core import contract, decision_rule
 from serving import export, model_store
-from trainer import (checkpoints, distribution, evaluation, input_pipeline, operating_point, optimization, outputs,
-                     preemption, report)
+from trainer import (calibration, checkpoints, distribution, evaluate, evaluation, evaluation_set, input_pipeline,
+                     model_card, operating_point, optimization, outputs, preemption, shortcut_audit, triage)
 from trainer import metrics as metrics_lib
 from trainer import model as model_lib
 from trainer.config import TrainConfig
@@ -354,28 +356,50 @@ class Controller:
 
     def evaluate_and_export(self, decision_spec: decision_rule.DecisionSpec,
                             run_description: dict) -> dict[str, metrics_lib.SplitMetrics]:
-        """On the chief: the best epoch's weights, scored on val and test under the rule fitted on val, exported.
+        """On the chief: the best epoch's weights evaluated on val and test, then exported with what val chose.
 
+        Val chooses the temperature (`trainer.calibration`) and then, on the scaled probabilities,
+        the decision rule; test is scored once under both (`trainer.evaluate`: metrics, calibration,
+        operating point, subgroups, shortcut audit, failure gallery). The model card goes into the
+        job dir and, with the temperature and the rule, into the export's contract.
         Returns the val and test metrics.
         """
         best = self.best.restore()
         logging.info("evaluating the weights of epoch %d, the best on val (macro ROC-AUC %.4f): %s",
                      int(self.state.best_epoch), float(self.state.best_score), best)
-        image_size, paths = self.config.image_size, self.paths
-        results = evaluation.predict(self.model, {"val": self.val_data, "test": input_pipeline.eval_dataset(
-            self.data["test"], image_size, self.settings.global_batch_size)})
-        rule = operating_point.choose_decision_rule(decision_spec, results["val"].labels,
-                                                    results["val"].probabilities, self.data["train"].class_counts)
-        metrics = report.write_report(paths.eval_dir, results, rule)
-        print(f"\nEvaluation on original images (image/augmentation == 0), {paths.eval_dir}:\n"
-              f"{report.format_table(metrics)}\n", flush=True)
+        config, paths = self.config, self.paths
+        sets = {split: evaluate.score(self.model, evaluation_set.read_records(
+                    split, list(self.data[split].shards), config.image_size,
+                    f"the {split} originals of {config.data_dir}"))
+                for split in ("val", "test")}
+        val = sets["val"]
+        temperature = calibration.fit_temperature(val.data.labels, val.model_probabilities)
+        rule = operating_point.choose_decision_rule(decision_spec, val.data.labels,
+                                                    val.predictions(temperature).probabilities,
+                                                    self.data["train"].class_counts)
+        manifest = shortcut_audit.read_manifest(config.data_dir)
+        result = evaluate.evaluate(
+            self.model, sets, rule, temperature, paths.eval_dir,
+            source_table=shortcut_audit.source_table_from_manifest(manifest), audited_set="test",
+            floors=triage.parse_min_sensitivity(config.min_sensitivity), floor_set="val",
+            baseline=evaluate.fit_pixel_baseline(list(self.data["train"].shards), config.image_size, val.data))
+        card = model_card.model_card(model_card.ModelCardInputs(
+            model=config.job_dir, run_description=run_description, manifest=manifest, metrics=result.metrics,
+            calibration=result.calibration, temperature=temperature, rule=rule,
+            rule_reason=triage.rule_reason(str(decision_spec)), audit=result.audit, audited_set="test",
+            subgroups=result.subgroups, floor_checks=result.floor_checks))
+        with tf.io.gfile.GFile(os.path.join(paths.job_dir, model_card.FILE_NAME), "w") as output:
+            output.write(card)
+        print(f"\nEvaluation on original images (image/augmentation == 0), {paths.eval_dir}:\n{result.text}\n",
+              flush=True)
         export.export_saved_model(self.model, paths.export_dir, model_store.ModelContract(
-            image_size=image_size, class_names=contract.CLASS_NAMES,
+            image_size=config.image_size, class_names=contract.CLASS_NAMES,
             preprocessing_version=contract.PREPROCESSING_VERSION, training_config=run_description,
-            decision_rule=rule))
+            decision_rule=rule, temperature=temperature, model_card=card))
         self.model.save(paths.keras_file)  # Never compiled, so it carries no optimizer state.
-        logging.info("wrote %s, %s, %s", paths.export_dir, paths.keras_file, paths.history_file)
-        return metrics
+        logging.info("wrote %s, %s, %s, %s", paths.export_dir, paths.keras_file, paths.history_file,
+                     model_card.FILE_NAME)
+        return result.metrics
 
     def _restore_counters_and_weights(self) -> None:
         """Loads the model and counters of the latest checkpoint (a stage's optimizer is loaded once built)."""
@@ -448,7 +472,8 @@ def describe_run(config: TrainConfig, strategy: tf.distribute.Strategy, settings
 def validation_metrics(model: keras.Model, val_data: tf.data.Dataset) -> dict[str, float | None]:
     """The per-epoch validation: loss, accuracy and macro ROC-AUC on the val originals."""
     predictions = evaluation.predict(model, {"val": val_data})["val"]
-    metrics = metrics_lib.classification_metrics(predictions.labels, predictions.probabilities)
+    # Accuracy and ROC-AUC are point figures: no intervals, so no bootstrap, every epoch.
+    metrics = metrics_lib.classification_metrics(predictions.labels, predictions.probabilities, resamples=0)
     true_class = predictions.probabilities[np.arange(len(predictions.labels)), predictions.labels]
     return {"val_loss": float(-np.mean(np.log(np.clip(true_class, keras.config.epsilon(), 1.0)))),
             "val_accuracy": metrics.accuracy.value, "val_roc_auc": metrics.macro.roc_auc.value}

@@ -19,6 +19,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from cxr_core import contract
+from cxr_core.decision_rule import TARGET
 from trainer.metrics import ClassificationMetrics, Estimate
 
 DEFAULT_MIN_SENSITIVITY = "covid19=0.9"
@@ -27,18 +28,20 @@ CELL_WIDTH = 10
 
 @dataclasses.dataclass(frozen=True)
 class FloorCheck:
-    """One class's sensitivity on val at the chosen rule against its floor."""
+    """One class's sensitivity on a set (val, or an external set) at the chosen rule against its floor."""
 
     class_name: str
     floor: float
     sensitivity: Estimate
+    set_name: str = "val"
 
     @property
     def below(self) -> bool:
         return self.sensitivity.value is not None and self.sensitivity.value < self.floor
 
     def warning(self) -> str:
-        return (f"the decision rule's val sensitivity for {self.class_name} is {_text(self.sensitivity)}, below the "
+        return (f"the decision rule's {self.set_name} sensitivity for {self.class_name} is {self.sensitivity.text()}, "
+                f"below the "
                 f"floor {self.floor:g} (--min_sensitivity): it misses patients a triage tool must catch; consider "
                 f"--decision_rule target:{self.class_name}:sensitivity:{self.floor:g}")
 
@@ -64,9 +67,32 @@ def parse_min_sensitivity(text: str) -> dict[str, float]:
     return floors
 
 
-def check_floors(val: ClassificationMetrics, floors: Mapping[str, float]) -> list[FloorCheck]:
-    """Each floored class's val sensitivity at the rule `val` was scored under."""
-    return [FloorCheck(name, floor, val.per_class[name].sensitivity) for name, floor in floors.items()]
+def format_floor_warnings(checks: list[FloorCheck]) -> str:
+    """The floors' heading and warnings, printed right after the shortcut audit's."""
+    lines = ["DECISION RULE", "============="]
+    lines += [f"WARNING: {check.warning()}" for check in checks if check.below]
+    if not any(check.below for check in checks):
+        met = ", ".join(f"{check.class_name} {check.floor:g}" for check in checks)
+        lines.append(f"every sensitivity floor met on {checks[0].set_name} ({met})" if checks
+                     else "no sensitivity floor set (--min_sensitivity)")
+    return "\n".join(lines)
+
+
+def check_floors(metrics: ClassificationMetrics, floors: Mapping[str, float], set_name: str = "val"
+                 ) -> list[FloorCheck]:
+    """Each floored class's sensitivity at the rule `metrics` (of `set_name`) were scored under."""
+    return [FloorCheck(name, floor, metrics.per_class[name].sensitivity, set_name) for name, floor in floors.items()]
+
+
+def rule_reason(spec: str) -> str:
+    """Why the rule decides as it does, for the model card."""
+    if spec.startswith(f"{TARGET}:"):
+        _, name, metric, target = spec.split(":")
+        return (f"`--decision_rule {spec}`: {name} is predicted when its prior-corrected probability reaches the "
+                f"threshold that gives {metric} {target} on val, so the class a triage tool exists to catch is not "
+                "traded away for the frequent ones; the operating point shows what val can promise")
+    return ("`--decision_rule argmax`: the argmax after correcting the training class mix (offline copies "
+            "included) to val's; a class rare in val loses sensitivity to it, which the operating point shows")
 
 
 def format_operating_points(at_rule: Mapping[str, ClassificationMetrics],
@@ -74,11 +100,12 @@ def format_operating_points(at_rule: Mapping[str, ClassificationMetrics],
     """The val promise and the floors; per set, the confusion matrices at the rule and at the plain argmax."""
     names = contract.CLASS_NAMES
     lines = [f"Operating point: {next(iter(at_rule.values())).decision_rule}" if at_rule else "Operating point"]
-    if "val" in at_rule:
-        lines.append("  val sensitivity at the rule (the lower bound is what val can promise for new patients): "
-                     + ", ".join(f"{column} {_text(at_rule['val'].per_class[column].sensitivity)}" for column in names))
+    for name, metrics in at_rule.items():
+        promise = " (the lower bound is what val can promise for new patients)" if name == "val" else ""
+        lines.append(f"  {name} sensitivity at the rule{promise}: "
+                     + ", ".join(f"{column} {metrics.per_class[column].sensitivity.text()}" for column in names))
     lines += [f"  {check.class_name}: floor {check.floor:g} (--min_sensitivity)"
-              f"{', NOT MET on val' if check.below else ', met on val'}" for check in checks]
+              f"{', NOT MET' if check.below else ', met'} on {check.set_name}" for check in checks]
     for name, rule_metrics in at_rule.items():
         argmax_metrics = at_argmax[name]
         header = (f"{name + ' (true / predicted)':<24}" + "".join(f"{column:>{CELL_WIDTH}}" for column in names)
@@ -92,16 +119,9 @@ def format_operating_points(at_rule: Mapping[str, ClassificationMetrics],
         lines.append(f"{'sensitivity':<24}" + "".join(
             f"{_point(rule_metrics.per_class[column].sensitivity):>{CELL_WIDTH}}" for column in names) + "   |" + "".join(
             f"{_point(argmax_metrics.per_class[column].sensitivity):>{CELL_WIDTH}}" for column in names))
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _point(estimate: Estimate) -> str:
     return "n/a" if estimate.value is None else f"{estimate.value:.2f}"
 
-
-def _text(estimate: Estimate) -> str:
-    if estimate.value is None:
-        return "n/a"
-    if estimate.interval is None:
-        return f"{estimate.value:.2f}"
-    return f"{estimate.value:.2f} [{estimate.interval[0]:.2f}–{estimate.interval[1]:.2f}]"
