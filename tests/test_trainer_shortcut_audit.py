@@ -124,6 +124,11 @@ def test_central_share_is_averaged_by_predicted_class():
     assert share.mean == pytest.approx({"normal": 1 / 3, "pneumonia": shortcut_audit.UNIFORM_CENTRAL_SHARE,
                                         "covid19": 1.0})
     assert share.images == {"normal": 3, "pneumonia": 1, "covid19": 1}  # An empty map is left out.
+    assert (share.map_side, share.too_coarse) == (1, True)  # A 32² map comes from one position.
+    assert "too coarse to tell the border from the chest" in shortcut_audit.format_checks(
+        shortcut_audit.ShortcutAudit(None, None, share, None), "test")
+    fine = shortcut_audit.central_share_by_class(np.zeros((1, 128, 128)), np.array([0]))
+    assert (fine.map_side, fine.too_coarse) == (4, False)
     audit = shortcut_audit.ShortcutAudit(None, None, share, None)
     # An evenly spread map (pneumonia) is not flagged; one with most mass on the border is.
     assert audit.warnings() == [f"Grad-CAM of the images predicted normal lies mostly on the border (central share "

@@ -50,6 +50,10 @@ from trainer.metrics import SplitMetrics, SplitPredictions, split_metrics
 
 BORDER_FRACTION = 0.125
 UNIFORM_CENTRAL_SHARE = (1 - 2 * BORDER_FRACTION) ** 2
+FEATURE_STRIDE = 32  # ResNet50's last block is the input size / 32 a side (2x2 at 64², 4x4 at 128²).
+# Below this many positions a side, an upsampled map spreads over the whole image and cannot tell
+# the border band from the chest.
+MIN_MAP_SIDE = 4
 PROBE_FOLDS = 5
 PROBE_SEED = 0
 PROBE_MAX_ITERATIONS = 2000
@@ -98,11 +102,16 @@ class CentralShare:
 
     mean: Mapping[str, float | None]
     images: Mapping[str, int]
+    map_side: int  # Positions a side of the block Grad-CAM reads: how finely a map can place its mass.
     uniform: float = UNIFORM_CENTRAL_SHARE
+
+    @property
+    def too_coarse(self) -> bool:
+        return self.map_side < MIN_MAP_SIDE
 
     def to_json(self) -> dict:
         return {"mean": dict(self.mean), "images": dict(self.images), "uniform": self.uniform,
-                "border_fraction": BORDER_FRACTION}
+                "border_fraction": BORDER_FRACTION, "map_side": self.map_side, "too_coarse": self.too_coarse}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +228,7 @@ def central_share_by_class(heat_maps: np.ndarray, predicted: np.ndarray) -> Cent
         defined = shares[(predicted == index) & np.isfinite(shares)]
         mean[name] = float(defined.mean()) if defined.size else None
         images[name] = int(defined.size)
-    return CentralShare(mean, images)
+    return CentralShare(mean, images, max(1, np.asarray(heat_maps).shape[1] // FEATURE_STRIDE))
 
 
 def baseline_comparison(baseline: pixel_baseline.PixelBaseline, thumbnails: Mapping[str, np.ndarray],
@@ -266,6 +275,9 @@ def format_checks(audit: ShortcutAudit, split: str) -> str:
         cells = ", ".join(f"{name} {_number(share.mean[name])} (n={share.images[name]})" for name in share.mean)
         lines += ["", f"(c) Grad-CAM mass in the central region on {split}, by predicted class "
                       f"({share.uniform:.2f} if spread evenly): {cells}"]
+        if share.too_coarse:
+            lines.append(f"    the block Grad-CAM reads is {share.map_side}x{share.map_side} here: too coarse to tell the "
+                         f"border from the chest; read this check at {MIN_MAP_SIDE * FEATURE_STRIDE}² or more")
     if audit.baseline:
         lines += ["", f"(d) ROC-AUC of the model against a pixel baseline (logistic regression on 32x32 thumbnails, "
                       f"C={audit.baseline.regularisation:g}):",
