@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cxr_core import contract
 from serving import gradcam
+from trainer.plots import BACKGROUND, INK
 
 ERRORS_PER_CLASS = 4
 IMAGE_SIDE = 128  # Each image and overlay is drawn at this side, whatever the model's input size.
@@ -24,8 +25,6 @@ CAPTION_HEIGHT = 36
 ROW_LABEL_WIDTH = 110
 GAP = 8
 TITLE_HEIGHT = 30
-BACKGROUND = (255, 255, 255)
-INK = (0, 0, 0)
 
 
 def most_confident_errors(labels: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray,
