@@ -30,7 +30,7 @@ import tensorflow as tf
 from cxr_core import contract, decision_rule
 from serving import features, model_store
 from synthetic import records as synthetic_records
-from trainer import checkpoints, input_pipeline, preemption, report
+from trainer import calibration, checkpoints, evaluate, input_pipeline, preemption, report
 
 Found = TypeVar("Found")
 
@@ -201,8 +201,6 @@ def test_a_chief_and_a_worker_train_both_stages_and_export_a_model_that_serves(d
     from_pngs = loaded.signatures[contract.SERVING_PNG_SIGNATURE](**{contract.PNG_INPUT: tf.constant(pngs)})
     assert from_examples[contract.PROBABILITIES_OUTPUT].shape == (5, contract.NUM_CLASSES)
     np.testing.assert_allclose(from_examples[contract.PROBABILITIES_OUTPUT].numpy().sum(axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_array_equal(from_examples[contract.CLASS_ID_OUTPUT],
-                                  np.argmax(from_examples[contract.PROBABILITIES_OUTPUT], axis=1))
     np.testing.assert_allclose(from_pngs[contract.PROBABILITIES_OUTPUT], from_examples[contract.PROBABILITIES_OUTPUT],
                                atol=1e-6)
     with zipfile.ZipFile(os.path.join(job_dir, "model.keras")) as archive:  # Kept for Grad-CAM.
@@ -211,8 +209,13 @@ def test_a_chief_and_a_worker_train_both_stages_and_export_a_model_that_serves(d
             assert "optimizer" not in stored
     trained = keras.models.load_model(os.path.join(job_dir, "model.keras"))
     direct = trained(features.decode_images(tf.constant(pngs), IMAGE_SIZE), training=False)
-    np.testing.assert_allclose(loaded.contract.decision_rule.adjusted(direct.numpy()),
-                               from_examples[contract.PROBABILITIES_OUTPUT], atol=1e-5)
+    # Served: the temperature fitted on val, then the rule chosen on val (calibration.json, decision_rule.json).
+    rule, temperature = loaded.contract.decision_rule, loaded.contract.temperature
+    scaled = calibration.apply_temperature(direct.numpy(), temperature)
+    np.testing.assert_allclose(rule.adjusted(scaled), from_examples[contract.PROBABILITIES_OUTPUT], atol=1e-5)
+    np.testing.assert_array_equal(from_examples[contract.CLASS_ID_OUTPUT], rule.apply(scaled))
+    with open(os.path.join(job_dir, "eval", evaluate.CALIBRATION_FILE)) as handle:
+        assert json.load(handle)["temperature"] == temperature
 
 
 def test_a_worker_killed_in_stage_2_resumes_with_the_chief_after_a_relaunch(data_dir, tmp_path):

@@ -67,5 +67,6 @@ def test_the_floor_warnings_follow_the_checks():
     assert triage.format_floor_warnings(below).splitlines() == [
         "DECISION RULE", "=============", f"WARNING: {below[0].warning()}"]
     met = triage.check_floors(at_rule, {"normal": 0.9, "covid19": 0.8})
-    assert triage.format_floor_warnings(met).splitlines()[2] == "every sensitivity floor met on val (normal 0.9, covid19 0.8)"
+    assert triage.format_floor_warnings(met).splitlines()[2] == (
+        "every sensitivity floor met on val (normal 0.9, covid19 0.8)")
     assert triage.format_floor_warnings([]).splitlines()[2] == "no sensitivity floor set (--min_sensitivity)"

@@ -171,10 +171,10 @@ class TrainConfig:
     cache_budget_gb: float = setting("Memory --cache auto may fill with decoded uint8 images, per worker.", 4.0,
                                      lower_bound=0.0)
     decision_rule: str = setting(
-        "How a class is predicted, chosen on val and exported with the model: argmax (after correcting the train "
-        "class mix to val's), or target:<class>:<sensitivity|specificity>:<value>, e.g. "
-        "target:covid19:sensitivity:0.95 (a threshold on that class set on val to reach the target there).",
-        decision_rule.ARGMAX, check=decision_rule.parse_decision_rule)
+        "How a class is predicted, chosen on val and exported with the model: target:<class>:<sensitivity|"
+        "specificity>:<value> (a threshold on that class set on val to reach the target there; the default keeps "
+        "COVID-19 sensitivity, see trainer/triage.py), or argmax (after correcting the train class mix to val's).",
+        triage.DEFAULT_DECISION_RULE, check=decision_rule.parse_decision_rule)
     min_sensitivity: str = setting(
         "Sensitivity floors per class, class=value pairs (empty for none): the report opens with a warning when the "
         "decision rule's val sensitivity for a class is below its floor.", triage.DEFAULT_MIN_SENSITIVITY,

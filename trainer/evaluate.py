@@ -37,7 +37,8 @@ from trainer import (calibration, calibration_plot, evaluation_set, gallery, inp
                      pixel_baseline, report, shortcut_audit, subgroups, triage)
 from trainer import model as model_lib
 from trainer.evaluation_set import EvaluationSet
-from trainer.metrics import UNCORRECTED_ARGMAX, SplitMetrics, SplitPredictions, classification_metrics
+from trainer.metrics import (UNCORRECTED_ARGMAX, ClassificationMetrics, SplitMetrics, SplitPredictions,
+                             classification_metrics)
 
 PROG = "python -m trainer.evaluate"
 BATCH_SIZE = 64
@@ -148,23 +149,7 @@ def evaluate(model: keras.Model, sets: Mapping[str, ScoredSet], rule: DecisionRu
     for name, scored in sets.items():
         gallery.write_gallery(os.path.join(eval_dir, gallery_file(name)), f"{name}: the most confident errors",
                               scored.data.pixels, heat_maps[name], scored.data.labels, predicted[name], served[name])
-    _write_json(os.path.join(eval_dir, CALIBRATION_FILE), {
-        "temperature": temperature,
-        **{name: {"before": before.to_json(), "after": after.to_json()} for name, (before, after) in calibrations.items()}})
-    _write_json(os.path.join(eval_dir, OPERATING_POINT_FILE), {
-        "decision_rule": rule.describe() if rule else UNCORRECTED_ARGMAX,
-        "floors": [{"class": check.class_name, "floor": check.floor, "set": check.set_name,
-                    "sensitivity": check.sensitivity.value, "interval": check.sensitivity.interval_json(),
-                    "met": not check.below} for check in checks],
-        "at_argmax": {name: figures.to_json() for name, figures in at_argmax.items()}})
-    _write_json(os.path.join(eval_dir, SUBGROUPS_FILE), {
-        name: {attribute: {value: group.to_json() for value, group in groups.items()}
-               for attribute, groups in by_attribute.items()} for name, by_attribute in by_subgroup.items()})
-    _write_json(os.path.join(eval_dir, AUDIT_FILE), {"audited_set": audited_set, **audit.to_json()})
-    with tf.io.gfile.GFile(os.path.join(eval_dir, RELIABILITY_FILE), "wb") as output:
-        output.write(calibration_plot.reliability_diagrams({
-            f"{name} {state}": (figures.reliability, f"ECE {figures.ece.text(3, '-')}")
-            for name, pair in calibrations.items() for state, figures in zip(("before T", "after T"), pair)}))
+    _write_results(eval_dir, rule, temperature, calibrations, checks, at_argmax, by_subgroup, audit, audited_set)
     text = "\n\n".join([
         *([heading] if heading else []),
         shortcut_audit.format_warnings(audit),
@@ -269,6 +254,31 @@ def _read_data(args: argparse.Namespace, splits: list[str], image_size: int
     data = evaluation_set.read_records(args.name, shards, image_size,
                                        f"originals of the {'+'.join(splits)} records in {args.data_dir}{created}")
     return data, shortcut_audit.source_table_from_manifest(manifest)
+
+
+def _write_results(eval_dir: str, rule: DecisionRule | None, temperature: float,
+                   calibrations: Mapping[str, tuple[calibration.Calibration, calibration.Calibration]],
+                   checks: list[triage.FloorCheck], at_argmax: Mapping[str, ClassificationMetrics],
+                   by_subgroup: Mapping[str, dict], audit: shortcut_audit.ShortcutAudit, audited_set: str) -> None:
+    """The eval dir's files beside those of `report.write_report` (docs/trainer.md lists them)."""
+    _write_json(os.path.join(eval_dir, CALIBRATION_FILE), {
+        "temperature": temperature,
+        **{name: {"before": before.to_json(), "after": after.to_json()}
+           for name, (before, after) in calibrations.items()}})
+    _write_json(os.path.join(eval_dir, OPERATING_POINT_FILE), {
+        "decision_rule": rule.describe() if rule else UNCORRECTED_ARGMAX,
+        "floors": [{"class": check.class_name, "floor": check.floor, "set": check.set_name,
+                    "sensitivity": check.sensitivity.value, "interval": check.sensitivity.interval_json(),
+                    "met": not check.below} for check in checks],
+        "at_argmax": {name: figures.to_json() for name, figures in at_argmax.items()}})
+    _write_json(os.path.join(eval_dir, SUBGROUPS_FILE), {
+        name: {attribute: {value: group.to_json() for value, group in groups.items()}
+               for attribute, groups in by_attribute.items()} for name, by_attribute in by_subgroup.items()})
+    _write_json(os.path.join(eval_dir, AUDIT_FILE), {"audited_set": audited_set, **audit.to_json()})
+    with tf.io.gfile.GFile(os.path.join(eval_dir, RELIABILITY_FILE), "wb") as output:
+        output.write(calibration_plot.reliability_diagrams({
+            f"{name} {state}": (figures.reliability, f"ECE {figures.ece.text(3, '-')}")
+            for name, pair in calibrations.items() for state, figures in zip(("before T", "after T"), pair)}))
 
 
 def _write_json(path: str, content: dict) -> None:

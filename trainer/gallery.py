@@ -29,7 +29,9 @@ TITLE_HEIGHT = 30
 
 def most_confident_errors(labels: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray,
                           per_class: int = ERRORS_PER_CLASS) -> dict[str, np.ndarray]:
-    """{true class: indices of up to `per_class` misclassified images}, by the predicted class's probability, highest first.
+    """{true class: indices of up to `per_class` of its misclassified images}, most confident first.
+
+    Confidence is the probability of the (wrongly) predicted class.
 
     Ties keep the images' order.
     """

@@ -276,8 +276,8 @@ def format_checks(audit: ShortcutAudit, split: str) -> str:
         lines += ["", f"(c) Grad-CAM mass in the central region on {split}, by predicted class "
                       f"({share.uniform:.2f} if spread evenly): {cells}"]
         if share.too_coarse:
-            lines.append(f"    the block Grad-CAM reads is {share.map_side}x{share.map_side} here: too coarse to tell the "
-                         f"border from the chest; read this check at {MIN_MAP_SIDE * FEATURE_STRIDE}² or more")
+            lines.append(f"    the block Grad-CAM reads is {share.map_side}x{share.map_side} here: too coarse to tell "
+                         f"the border from the chest; read this check at {MIN_MAP_SIDE * FEATURE_STRIDE}² or more")
     if audit.baseline:
         lines += ["", f"(d) ROC-AUC of the model against a pixel baseline (logistic regression on 32x32 thumbnails, "
                       f"C={audit.baseline.regularisation:g}):",

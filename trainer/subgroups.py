@@ -19,7 +19,7 @@ import numpy as np
 from cxr_core import contract
 from cxr_core.decision_rule import DecisionRule
 from trainer import intervals
-from trainer.metrics import MIN_PATIENTS_TO_CONCLUDE, ClassificationMetrics, classification_metrics
+from trainer.metrics import MIN_PATIENTS_TO_CONCLUDE, ClassFigures, ClassificationMetrics, classification_metrics
 
 # The attributes, as reports name them, and the record keys they come from.
 ATTRIBUTES = {"view": contract.VIEW, "sex": contract.PATIENT_SEX, "age band": contract.PATIENT_AGE_BAND}
@@ -57,8 +57,13 @@ def format_subgroups(by_attribute: Mapping[str, Mapping[str, ClassificationMetri
     for attribute, groups in by_attribute.items():
         lines += ["", f"by {attribute}", header, "-" * len(header)]
         for value, metrics in groups.items():
-            cells = [f"{figures.sensitivity.text() + ('*' if figures.too_small and figures.support else ''):>{CELL_WIDTH}}"
+            cells = [f"{figures.sensitivity.text() + _flag(figures):>{CELL_WIDTH}}"
                      for figures in metrics.per_class.values()]
             lines.append(f"{value:<16} {metrics.num_examples:>6} {metrics.num_patients:>8} " + " ".join(cells)
                          + f" {metrics.accuracy.text():>{CELL_WIDTH}}")
     return "\n".join(lines)
+
+
+def _flag(figures: ClassFigures) -> str:
+    """`*` for a class present in the group with too few patients to conclude from."""
+    return "*" if figures.too_small and figures.support else ""

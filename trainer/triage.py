@@ -13,15 +13,23 @@ patients, 0.95 [0.84–0.99]).
 `--min_sensitivity` sets a floor per class (default covid19=0.9): when the chosen rule's
 sensitivity on val is below it, the report opens with a warning. The floor is checked
 on val because val chose the rule; test only reports.
+
+The default rule is `DEFAULT_DECISION_RULE`, a COVID-19 sensitivity target, from measurement
+(README, "Reading the evaluation"): on real-cxr (COVID-19 copied ×4 in train, 11% of val)
+the prior-corrected argmax caught 13 of 22 val and 18 of 29 test COVID-19 images (0.59 and
+0.62), the target 21 of 22 and 26 of 29 (0.95 and 0.90), for COVID-19 PPV 0.81 and 0.72
+instead of 0.93 and 1.00; on the demo's data, whose classes are balanced, both catch 0.95 or
+more. A data set whose val split holds no COVID-19 cannot set it: pass `--decision_rule argmax`.
 """
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from cxr_core import contract
 from cxr_core.decision_rule import TARGET
 from trainer.metrics import ClassificationMetrics, Estimate
 
+DEFAULT_DECISION_RULE = f"{TARGET}:covid19:sensitivity:0.95"
 DEFAULT_MIN_SENSITIVITY = "covid19=0.9"
 CELL_WIDTH = 10
 
@@ -108,20 +116,22 @@ def format_operating_points(at_rule: Mapping[str, ClassificationMetrics],
               f"{', NOT MET' if check.below else ', met'} on {check.set_name}" for check in checks]
     for name, rule_metrics in at_rule.items():
         argmax_metrics = at_argmax[name]
-        header = (f"{name + ' (true / predicted)':<24}" + "".join(f"{column:>{CELL_WIDTH}}" for column in names)
-                  + "   |" + "".join(f"{column:>{CELL_WIDTH}}" for column in names))
-        lines += ["", f"{'':<24}{'at the rule':^{CELL_WIDTH * len(names)}}   |{'at argmax':^{CELL_WIDTH * len(names)}}",
-                  header]
+        width = CELL_WIDTH * len(names)
+        lines += ["", f"{'':<24}{'at the rule':^{width}}   |{'at argmax':^{width}}",
+                  f"{name + ' (true / predicted)':<24}" + _row(names) + "   |" + _row(names)]
         for index, row_name in enumerate(names):
-            lines.append(f"{row_name:<24}" + "".join(f"{count:>{CELL_WIDTH}}"
-                                                     for count in rule_metrics.confusion_matrix[index])
-                         + "   |" + "".join(f"{count:>{CELL_WIDTH}}" for count in argmax_metrics.confusion_matrix[index]))
-        lines.append(f"{'sensitivity':<24}" + "".join(
-            f"{_point(rule_metrics.per_class[column].sensitivity):>{CELL_WIDTH}}" for column in names) + "   |" + "".join(
-            f"{_point(argmax_metrics.per_class[column].sensitivity):>{CELL_WIDTH}}" for column in names))
+            lines.append(f"{row_name:<24}" + _row(rule_metrics.confusion_matrix[index])
+                         + "   |" + _row(argmax_metrics.confusion_matrix[index]))
+        lines.append(f"{'sensitivity':<24}" + _row(_sensitivities(rule_metrics)) + "   |"
+                     + _row(_sensitivities(argmax_metrics)))
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _point(estimate: Estimate) -> str:
-    return "n/a" if estimate.value is None else f"{estimate.value:.2f}"
+def _row(cells: Iterable) -> str:
+    return "".join(f"{cell:>{CELL_WIDTH}}" for cell in cells)
+
+
+def _sensitivities(metrics: ClassificationMetrics) -> list[str]:
+    return ["n/a" if figures.sensitivity.value is None else f"{figures.sensitivity.value:.2f}"
+            for figures in metrics.per_class.values()]
 
