@@ -56,6 +56,9 @@ demo: install
 	@$(PYTHON) -m trainer.task --data_dir $(DEMO_DIR)/tfrecords --job_dir $(DEMO_DIR)/model \
 		--image_size 64 --batch_size 32 --stage1_epochs 0 --stage2_epochs 30 \
 		--stage2_learning_rate 1e-3 --steps_per_loop 25 --weights none $(QUIET_TF)
+	@echo "==> evaluation: shortcut audit, decision rule and calibration ($(DEMO_DIR)/model/eval/report.txt, $(DEMO_DIR)/model/MODEL_CARD.md)"
+	@sed -n '/^SHORTCUT AUDIT/,/^VAL /{/^VAL /d;p}' $(DEMO_DIR)/model/eval/report.txt
+	@sed -n '/^Calibration, before/,/^$$/p' $(DEMO_DIR)/model/eval/report.txt
 	@echo "==> 4/5 batch prediction over 8 synthetic DICOMs into $(DEMO_DIR)/predictions/"
 	@(echo image_uri; cd $(DEMO_DIR) && files=(raw/rsna/stage_2_train_images/*.dcm) && \
 		printf '%s\n' "$${files[@]:0:8}") > $(DEMO_DIR)/predict_inputs.csv

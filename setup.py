@@ -19,6 +19,8 @@ REQUIRED_PACKAGES = [
     "tensorboard~=2.21.0",
     # Reference metrics (ROC-AUC, ROC curve, confusion matrix, calibration curve, logistic baselines).
     "scikit-learn~=1.9",
+    # Temperature scaling minimises the validation NLL with scipy.optimize (trainer/calibration.py).
+    "scipy>=1.13,<2",
     # cxr-node's DICOM network: its C-STORE SCP, and C-STORE of results to a PACS.
     "pynetdicom~=3.0",
     # cxr-node's results as DICOM: the TID 1500 Structured Report and the heat-map Secondary Capture.
