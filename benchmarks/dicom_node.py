@@ -213,9 +213,8 @@ def report(results: list[dict], args: argparse.Namespace, load: str) -> str:
         f"Latency is from a study's instance stored (at the node, or in Orthanc) to the node's audit line for it, "
         f"written once Orthanc acknowledged its report and heat map. A lone study is sent once the previous one "
         f"was answered ({LONE_STUDIES - 1} timed, after one untimed warm-up); the burst sends "
-        f"{args.studies} studies back to back, so later ones also wait for the workers. Analysis is selection, decoding, prediction, Grad-CAM and building the two "
-        "DICOM objects; Grad-CAM runs one study at a time (Keras builds a sub-model per call), prediction "
-        "concurrently.",
+        f"{args.studies} studies back to back, so later ones also wait for the workers. Analysis is selection, "
+        "decoding, prediction, Grad-CAM (one sub-model, built once) and building the two DICOM objects.",
         "",
     ]
     return "\n".join(lines)
