@@ -227,8 +227,10 @@ def test_predictions_on_the_bucket_match_a_local_run(walkthrough, local_raw, gcs
     columns = [f"p_{name}" for name in contract.CLASS_NAMES]
     for name, row in on_gs.items():
         assert row["predicted_class"] == local[name]["predicted_class"], name
+        # float32 probabilities through log, the temperature and a softmax: two runs that batch the images
+        # differently agree to about 1e-6, not to the last printed digit.
         np.testing.assert_allclose([float(row[column]) for column in columns],
-                                   [float(local[name][column]) for column in columns], atol=1e-6, err_msg=name)
+                                   [float(local[name][column]) for column in columns], atol=1e-5, err_msg=name)
 
 
 @pytest.mark.slow
