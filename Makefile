@@ -89,6 +89,7 @@ real-data: install
 	@echo "==> 3/3 external COVID-19 images ($(REAL_EXTERNAL)), scored by the exported model into $(REAL_DIR)/external/"
 	@$(PYTHON) -m trainer.evaluate --model_dir $(REAL_DIR)/model --csv $(REAL_EXTERNAL)/labels.csv \
 		--output_dir $(REAL_DIR)/external $(QUIET_TF)
+	@$(PYTHON) -m benchmarks.framing_sheet --csv $(REAL_CXR)/labels.csv --output $(REAL_DIR)/framing.png
 	@$(PYTHON) -m benchmarks.real_data --summarize $(REAL_DIR)
 
 # A local Orthanc that receives the demo's synthetic studies and shows the node's answers; Ctrl-C stops it all.

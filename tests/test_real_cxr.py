@@ -10,11 +10,14 @@ import csv
 import glob
 import os
 
+import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from beam_pipelines import preprocess
-from cxr_core import contract
+from benchmarks import framing_sheet
+from cxr_core import contract, imaging
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_CXR = os.path.normpath(os.path.join(REPOSITORY, "..", "shared", "real-cxr"))
@@ -95,3 +98,48 @@ def test_a_release_in_class_folders_is_read_as_an_image_folder(sample, tmp_path,
     assert not [warning for warning in manifest["warnings"] if "comes only from" in warning], "one source only"
     assert capsys.readouterr().out.splitlines()[0].startswith("WARNING: --image_folder has no --patient_id_regex")
     assert feature_values(records(str(tmp_path / "out")), contract.SOURCE) == {b"x-ray-image-dataset"}
+
+
+def is_uniform(line: np.ndarray) -> bool:
+    """A margin line as the framing defines one: nearly all its pixels within the tolerance of its median."""
+    close = np.abs(line.astype(np.int16) - int(np.median(line))) <= imaging.BORDER_TOLERANCE_LEVELS
+    return close.mean() >= imaging.BORDER_COVERAGE
+
+
+def test_framing_keeps_nih_films_nearly_whole_and_removes_the_margins_of_paper_figures(sample):
+    kept_share, trimmed_figures = [], 0
+    for row in sample:
+        gray = np.asarray(Image.open(row["image_uri"]).convert("L"))
+        top, bottom, left, right = imaging.body_box(gray)
+        _, _, side = imaging.body_square(gray)
+        if row["source"] == "nih-chestxray8":
+            kept_share.append(side * side / gray.size)
+            continue
+        body = gray[top:bottom, left:right]
+        assert not any(is_uniform(line) for line in (body[0], body[-1], body[:, 0], body[:, -1])), row["image_uri"]
+        trimmed_figures += (top, bottom, left, right) != (0, gray.shape[0], 0, gray.shape[1])
+    # NIH films are square; some carry black collimation bands or a saturated flat band, which are trimmed
+    # too (docs/real_framing.png shows the most trimmed of the whole set, lungs kept).
+    assert len(kept_share) == 2 * PER_CLASS
+    assert np.median(kept_share) >= 0.9 and np.mean(np.array(kept_share) >= 0.9) >= 0.8, sorted(kept_share)[:10]
+    assert min(kept_share) >= 0.5
+    assert trimmed_figures >= 1, "the sample holds a paper figure with a margin: the check above must see one trimmed"
+
+
+def test_the_framing_sheet_pairs_each_class_s_most_trimmed_and_typical_images(sample, tmp_path):
+    shares = {row["image_uri"]: framing_sheet.kept_share(np.asarray(Image.open(row["image_uri"]).convert("L")))
+              for row in sample}
+    chosen = framing_sheet.choose(sample, shares, cells=12)
+    assert [row["label"] for row in chosen] == ["covid19"] * 4 + ["normal"] * 4 + ["pneumonia"] * 4
+    assert len({row["image_uri"] for row in chosen}) == 12
+    normal = [row for row in sample if row["label"] == "normal"]
+    assert chosen[4]["image_uri"] == min(normal, key=lambda row: shares[row["image_uri"]])["image_uri"]
+    listing = tmp_path / "labels.csv"
+    with open(listing, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image_uri", "label", "patient_id", "view", "source"])
+        writer.writeheader()
+        writer.writerows(sample)
+    sheet = framing_sheet.contact_sheet(str(listing), {"nih-chestxray8"}, cells=12)
+    tile_width, tile_height = 2 * framing_sheet.THUMBNAIL + 2, framing_sheet.THUMBNAIL + framing_sheet.CAPTION
+    assert sheet.size == (framing_sheet.COLUMNS * (tile_width + framing_sheet.GAP) - framing_sheet.GAP,
+                          2 * (tile_height + framing_sheet.GAP) - framing_sheet.GAP)
