@@ -28,6 +28,22 @@ def test_an_unchanged_or_lowered_rate_needs_no_warm_up(global_batch_size, expect
     assert float(schedule(0)) == pytest.approx(expected) and float(schedule(500)) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("global_batch_size", [32, 256])
+def test_a_cosine_stage_warms_up_from_zero_then_decays_to_zero_at_its_last_step(global_batch_size):
+    peak = optimization.scaled_learning_rate(1e-3, global_batch_size)
+    schedule = optimization.learning_rate_schedule(1e-3, global_batch_size, warmup_steps=100, decay="cosine",
+                                                   total_steps=1100)
+
+    rates = [float(schedule(step)) for step in (0, 50, 100, 600, 1100, 2000)]
+
+    np.testing.assert_allclose(rates, [0.0, peak / 2, peak, peak / 2, 0.0, 0.0], rtol=1e-5, atol=1e-12)
+
+
+def test_an_unknown_decay_is_refused():
+    with pytest.raises(ValueError, match="decay must be one of none, cosine"):
+        optimization.learning_rate_schedule(1e-3, 32, warmup_steps=0, decay="step")
+
+
 def test_without_a_gpu_training_runs_in_float32():
     assert optimization.default_precision() == "none"
 

@@ -139,6 +139,9 @@ class TrainConfig:
                                           check=_positive)
     warmup_steps: int = setting("Steps at the start of each stage over which a learning rate raised by the global "
                                 "batch ramps up from the flag's value.", 100, lower_bound=0)
+    learning_rate_decay: str = setting(
+        "none keeps each stage's rate constant after the warm-up; cosine warms up from 0 over --warmup_steps, "
+        "then decays along a half cosine to 0 at the stage's last step.", "none", choices=optimization.DECAYS)
     weights: str = setting("ResNet50 initial weights: imagenet (downloads), none, or a local/gs:// weights file.",
                            "imagenet", check=_initial_weights)
     auxiliary_loss_weight: float | None = setting(

@@ -8,6 +8,11 @@ does. When that raises the rate, each stage starts at the reference rate and ram
 linearly to the scaled one over its first `warmup_steps` steps; when it lowers the rate
 (a global batch under 32), no warm-up is needed.
 
+With `decay="cosine"` each stage instead warms up from 0 to its scaled rate over `warmup_steps`
+and then follows a half cosine down to 0 at its last step (Loshchilov & Hutter 2017, with
+Goyal's warm-up; Keras' `CosineDecay`). On small, noisy sets the constant rate leaves the
+weights wandering between good and bad epochs; the decay ends on a plateau (docs/trainer.md).
+
 Some variables can learn at a fixed fraction of that rate (`ScaledAdam`): a randomly
 initialised ResNet50 trains its seed head at a tenth of the base's rate (see
 `trainer.model`).
@@ -19,6 +24,7 @@ import keras
 import tensorflow as tf
 
 REFERENCE_BATCH_SIZE = 32
+DECAYS = ("none", "cosine")
 PRECISIONS = ("none", "float16", "bfloat16")
 _KERAS_POLICIES = {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 # NVIDIA Ampere (compute capability 8.0: A100, L4) and later run bfloat16 at float16 speed,
@@ -67,10 +73,16 @@ class LinearWarmUp(keras.optimizers.schedules.LearningRateSchedule):
         return self.initial + (self.target - self.initial) * fraction
 
 
-def learning_rate_schedule(base_learning_rate: float, global_batch_size: int,
-                           warmup_steps: int) -> LinearWarmUp:
-    """One stage's schedule: from min(base, scaled) to the scaled rate over `warmup_steps`."""
+def learning_rate_schedule(base_learning_rate: float, global_batch_size: int, warmup_steps: int,
+                           decay: str = "none", total_steps: int = 0
+                           ) -> keras.optimizers.schedules.LearningRateSchedule:
+    """One stage's schedule over its `total_steps`: see the module docstring for `decay`."""
     target = scaled_learning_rate(base_learning_rate, global_batch_size)
+    if decay == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, max(total_steps - warmup_steps, 1), warmup_target=target, warmup_steps=warmup_steps)
+    if decay != "none":
+        raise ValueError(f"decay must be one of {', '.join(DECAYS)}, got {decay!r}")
     return LinearWarmUp(min(base_learning_rate, target), target, warmup_steps if target > base_learning_rate else 0)
 
 
@@ -97,7 +109,7 @@ class ScaledAdam(keras.optimizers.Adam):
         super().update_step(gradient, variable, learning_rate * scale)
 
 
-def build_optimizer(schedule: LinearWarmUp, precision: str, variables: list[keras.Variable],
+def build_optimizer(schedule: keras.optimizers.schedules.LearningRateSchedule, precision: str, variables: list[keras.Variable],
                     scale_of: Callable[[keras.Variable], float] = lambda variable: 1.0
                     ) -> keras.optimizers.Optimizer:
     """`ScaledAdam` for `variables`, built so a checkpoint can restore its slots; call in `strategy.scope()`.

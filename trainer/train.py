@@ -247,8 +247,9 @@ class Controller:
         head_scale = self.config.head_learning_rate_scale
         with self.strategy.scope():
             optimizer = optimization.build_optimizer(
-                optimization.learning_rate_schedule(stage.learning_rate, self.settings.global_batch_size,
-                                                    self.config.warmup_steps),
+                optimization.learning_rate_schedule(
+                    stage.learning_rate, self.settings.global_batch_size, self.config.warmup_steps,
+                    self.config.learning_rate_decay, stage.epochs * self.settings.steps_per_epoch),
                 self.config.mixed_precision, self.training_model.trainable_variables,
                 lambda variable: head_scale if model_lib.is_head_variable(variable) else 1.0)
         if self.latest and checkpoints.saved_stage(self.latest) == stage.number:
