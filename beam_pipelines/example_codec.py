@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from beam_pipelines.demographics import UNKNOWN
+from cxr_core.demographics import UNKNOWN
 from cxr_core import augmentation, contract, imaging
 
 _Field = descriptor_pb2.FieldDescriptorProto

@@ -5,7 +5,7 @@ import typing
 
 import numpy as np
 
-from beam_pipelines.demographics import UNKNOWN
+from cxr_core.demographics import UNKNOWN
 from cxr_core.rejection import listing_location
 
 

@@ -25,11 +25,11 @@ from collections.abc import Iterator
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines import demographics, splitting
+from beam_pipelines import splitting
 from beam_pipelines.label_files import LabelFile, LabelFileError, LabelRow, read_label_file, resolve_listed_uri
 from beam_pipelines.records import SourceImage
 from beam_pipelines.rejections import REJECTED, reject
-from cxr_core import pseudonyms
+from cxr_core import demographics, pseudonyms
 from cxr_core.rejection import Rejection
 from cxr_core.selection import (
     Verdict,

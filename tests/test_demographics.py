@@ -2,7 +2,7 @@
 
 import pytest
 
-from beam_pipelines import demographics
+from cxr_core import demographics
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -145,13 +145,15 @@ def assert_same_figures(expected, written) -> None:
 def test_a_csv_of_raw_images_is_read_with_the_jobs_rules_and_decoded_as_serving_does(job_dir, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
-    rows = [["image_uri", "label", "patient_id", "view", "source"]]
+    rows = [["image_uri", "label", "patient_id", "view", "source", "sex", "age"]]
+    sexes, ages = ("female", "M", "", "x", "1980-01-02", "F"), ("47", "047Y", "", "95", "2020-01-01", "9")
     for index, label in enumerate(("normal", "pneumonia", "COVID-19", "normal", "pneumonia", "covid19")):
         pixels = records.render_pixels(label.lower().replace("-", ""), 200, index)
         Image.fromarray(pixels[:, 20:180]).save(images / f"{index}.png")  # Not square: framing is part of it.
-        rows.append([f"images/{index}.png", label, f"p{index // 2}", "PA", ("site-a", "site-b")[index % 2]])
-    rows += [["images/0.png", "normal", "nan", "PA", ""], ["images/1.png", "fracture", "p9", "PA", ""],
-             ["images/2.png", "normal", "p8", "LATERAL", ""], ["images/missing.png", "normal", "p7", "", ""]]
+        rows.append([f"images/{index}.png", label, f"p{index // 2}", "PA", ("site-a", "site-b")[index % 2],
+                     sexes[index], ages[index]])
+    rows += [["images/0.png", "normal", "nan", "PA", "", "", ""], ["images/1.png", "fracture", "p9", "PA", "", "", ""],
+             ["images/2.png", "normal", "p8", "LATERAL", "", "", ""], ["images/missing.png", "normal", "p7", "", "", "", ""]]
     with open(tmp_path / "labels.csv", "w", newline="") as handle:
         csv.writer(handle).writerows(rows)
     data, left_out = evaluation_set.read_csv("external", str(tmp_path / "labels.csv"), IMAGE_SIZE)
@@ -159,6 +161,9 @@ def test_a_csv_of_raw_images_is_read_with_the_jobs_rules_and_decoded_as_serving_
     assert data.labels.tolist() == [0, 1, 2, 0, 1, 2]
     assert data.sources.tolist() == ["site-a", "site-b"] * 3
     assert len(set(data.patients.tolist())) == 6  # p0 at site-a and p0 at site-b are two patients.
+    # Coarse categories only, as the preprocess job writes them: a date is not an age or a sex.
+    assert data.attributes["sex"].tolist() == ["F", "M", "unknown", "other", "unknown", "F"]
+    assert data.attributes["age band"].tolist() == ["40-49", "40-49", "unknown", "90+", "unknown", "0-9"]
     # What cxr-predict does with each file: preprocess_image at the model's size, then the export's predict_png.
     pngs = [imaging.encode_png(imaging.preprocess_image((images / f"{index}.png").read_bytes(), IMAGE_SIZE).pixels)
             for index in range(6)]

@@ -28,11 +28,11 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from cxr_core import contract, imaging, selection
+from cxr_core import contract, demographics, imaging, selection
 from serving import features
 
 BATCH_SIZE = 256
-UNKNOWN = "unknown"
+UNKNOWN = demographics.UNKNOWN
 CSV_REQUIRED_COLUMNS = ("image_uri", "label", "patient_id")
 CSV_SOURCE = "csv"  # The source of a CSV row without a `source` column, as the preprocess job names it.
 # Record keys read besides the image, and what an older record without them reads as.
@@ -123,14 +123,14 @@ def read_csv(name: str, csv_path: str, image_size: int,
         kept["sources"].append(source)
         kept["patients"].append(f"{source}\x1f{values['patient_id']}")
         kept["view"].append(selection.normalize_view(values.get("view") or decoded.view))
+        kept["sex"].append(demographics.sex_category(values.get("sex", "")))
+        kept["age band"].append(demographics.age_band(values.get("age", "")))
     if not kept:
         raise ValueError(f"{csv_path} lists no usable image (left out: {dict(left_out) or 'no rows'})")
-    # Sex and age are not read from a CSV: only the preprocess job coarsens them into categories.
-    unknown = np.full(len(kept["labels"]), UNKNOWN)
     return EvaluationSet(
         name=name, pixels=np.stack(kept["pixels"]), labels=np.array(kept["labels"]), sources=np.array(kept["sources"]),
         patients=np.array(kept["patients"]),
-        attributes={"view": np.array(kept["view"]), "sex": unknown, "age band": unknown},
+        attributes={attribute: np.array(kept[attribute]) for attribute in ("view", "sex", "age band")},
         provenance=f"{len(kept['labels'])} images listed in {csv_path}, preprocessed as serving does"), dict(left_out)
 
 
