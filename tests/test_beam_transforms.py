@@ -19,6 +19,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from beam_pipelines import (
     batch_predict,
+    example_codec,
     manifest,
     preprocess,
     rejections,
@@ -26,7 +27,7 @@ from beam_pipelines import (
     splitting,
     tfrecord_shards,
 )
-from beam_pipelines.records import PreparedImage, SourceImage
+from beam_pipelines.records import SourceImage
 from cxr_core import contract, imaging, selection
 from cxr_core.rejection import Rejection
 from synthetic import phantom
@@ -35,6 +36,7 @@ IMAGE_SIZE = 32
 FRACTIONS = {"train": 1.0, "val": 0.0, "test": 0.0}
 KEY = splitting.PatientKey(value="transform-test-key-of-enough-length")
 VIEWS = selection.parse_allowed_views(selection.DEFAULT_ALLOWED_VIEWS)
+MULTIPLIERS = {"normal": 3, "pneumonia": 2, "covid19": 5}
 
 
 def chest_png(tmp_path, name: str, label: str = "normal") -> str:
@@ -49,12 +51,15 @@ def source_image(uri: str, label: str = "normal", patient: str = "p1", key: str 
                        patient_id=patient, label=label)
 
 
-def prepared(split: str, label: str, image_id: str = "csv-abc") -> PreparedImage:
-    return PreparedImage(image_id=image_id, patient_key="f" * 64, split=split, label=label, source=sources.CSV,
-                         view="PA", pixels=np.full((IMAGE_SIZE, IMAGE_SIZE), 100, dtype=np.uint8))
+def original(split: str, label: str, image_id: str) -> tfrecord_shards.EncodedExample:
+    fields = example_codec.ExampleFields(label=label, image_id=image_id, source=sources.CSV, view="PA",
+                                         patient_id="f" * 64)
+    pixels = np.linspace(0, 255, IMAGE_SIZE * IMAGE_SIZE).astype(np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE)
+    return tfrecord_shards.EncodedExample(split, label, image_id, 0, example_codec.serialize_example(pixels, fields),
+                                          (sources.CSV, "--csv", 2))
 
 
-def test_read_and_prepare_decodes_good_files_and_rejects_the_rest(beam_pipeline, tmp_path):
+def test_read_and_encode_decodes_good_files_and_rejects_the_rest(beam_pipeline, tmp_path):
     good = chest_png(tmp_path, "good.png")
     not_an_image = str(tmp_path / "notes.png")
     with open(not_an_image, "w") as handle:
@@ -64,28 +69,39 @@ def test_read_and_prepare_decodes_good_files_and_rejects_the_rest(beam_pipeline,
     with beam_pipeline as pipeline:
         results = (pipeline
                    | beam.Create(listed)
-                   | beam.ParDo(preprocess.ReadAndPrepareFn(
-                       IMAGE_SIZE, KEY, FRACTIONS, imaging.DEFAULT_MAX_PIXELS, VIEWS)).with_outputs(
-                       rejections.REJECTED, main="prepared"))
-        assert_that(results.prepared | beam.Map(lambda image: (image.split, image.label, image.pixels.shape)),
-                    equal_to([("train", "normal", (IMAGE_SIZE, IMAGE_SIZE))]), label="Prepared")
+                   | beam.ParDo(preprocess.ReadAndEncodeFn(
+                       IMAGE_SIZE, KEY, FRACTIONS, imaging.DEFAULT_MAX_PIXELS, VIEWS, MULTIPLIERS,
+                       seed=1)).with_outputs(preprocess.ReadAndEncodeFn.SUMMARIES, rejections.REJECTED,
+                                             main="examples"))
+        assert_that(results[preprocess.ReadAndEncodeFn.SUMMARIES] | beam.Map(
+            lambda image: (image.split, image.label, image.line)), equal_to([("train", "normal", 0)]),
+            label="Summaries")
+        assert_that(results.examples | beam.Map(lambda example: (example.split, example.label, example.augmentation)),
+                    equal_to([("train", "normal", copy) for copy in range(MULTIPLIERS["normal"])]), label="Examples")
         assert_that(results[rejections.REJECTED] | beam.Map(lambda rejection: (rejection.stage, rejection.kind)),
                     equal_to([("read", "missing_file"), ("decode", "not_an_image")]), label="Rejected")
 
 
-def test_expand_examples_adds_copies_in_train_only(beam_pipeline):
-    multipliers = {"normal": 3, "pneumonia": 2, "covid19": 5}
-    images = [prepared("train", "normal", "csv-1"), prepared("val", "covid19", "csv-2"),
-              prepared("test", "pneumonia", "csv-3")]
+def test_augmented_copies_are_added_in_train_only_and_match_copies_made_from_the_pixels(beam_pipeline):
+    originals = [original("train", "normal", "csv-1"), original("val", "covid19", "csv-2"),
+                 original("test", "pneumonia", "csv-3")]
+    fields, png = example_codec.fields_and_png(originals[0].serialized)
+    from_pixels = dict(example_codec.serialize_with_copies(imaging.decode_png(png), fields, 3, seed=1))
     with beam_pipeline as pipeline:
         examples = (pipeline
-                    | "Images" >> beam.Create(images)
-                    | beam.ParDo(preprocess.ExpandExamplesFn(seed=1),
+                    | "Originals" >> beam.Create(originals)
+                    | beam.ParDo(preprocess.AddAugmentedCopiesFn(seed=1),
                                  multipliers=beam.pvalue.AsSingleton(
-                                     pipeline | "Multipliers" >> beam.Create([multipliers]))))
-        assert_that(examples | beam.Map(lambda example: (example.split, example.key, example.augmentation)),
-                    equal_to([("train", "csv-1", 0), ("train", "csv-1", 1), ("train", "csv-1", 2),
-                              ("val", "csv-2", 0), ("test", "csv-3", 0)]))
+                                     pipeline | "Multipliers" >> beam.Create([MULTIPLIERS]))))
+        assert_that(examples | beam.Map(lambda example: (example.split, example.key, example.augmentation,
+                                                         example.origin)),
+                    equal_to([("train", "csv-1", 0, ("csv", "--csv", 2)), ("train", "csv-1", 1, ("csv", "--csv", 2)),
+                              ("train", "csv-1", 2, ("csv", "--csv", 2)), ("val", "csv-2", 0, ("csv", "--csv", 2)),
+                              ("test", "csv-3", 0, ("csv", "--csv", 2))]), label="Copies")
+        assert_that(examples
+                    | beam.Filter(lambda example: example.key == "csv-1")
+                    | beam.Map(lambda example: (example.augmentation, example.serialized)),
+                    equal_to(list(from_pixels.items())), label="SameBytes")
 
 
 def encoded(split: str, index: int, size: int) -> tfrecord_shards.EncodedExample:
@@ -108,6 +124,23 @@ def test_sharded_writer_sizes_and_names_the_shards(beam_pipeline, tmp_path):
                for record in tf.data.TFRecordDataset(path, compression_type=contract.TFRECORD_COMPRESSION)
                .as_numpy_iterator()]
     assert sorted(records) == sorted(example.serialized for example in examples if example.split == "train")
+
+
+def test_sharded_writer_withholds_the_examples_of_withheld_origins(beam_pipeline, tmp_path):
+    examples = [encoded("train", index, 1000)._replace(origin=("csv", "--csv", index)) for index in range(10)]
+    with beam_pipeline as pipeline:
+        withheld = pipeline | "Withheld" >> beam.Create([(("csv", "--csv", index), "duplicate") for index in (0, 1)])
+        shards = (pipeline
+                  | "Examples" >> beam.Create(examples)
+                  | tfrecord_shards.WriteShardedTFRecords(str(tmp_path), target_shard_bytes=4000,
+                                                         min_train_shards=1, withheld=withheld))
+        assert_that(shards | beam.Map(lambda shard: (shard["file"], shard["records"]))
+                    | beam.combiners.ToList() | beam.Map(lambda written: (len(written), sum(n for _, n in written))),
+                    equal_to([(2, 8)]))
+    records = [record for path in glob.glob(str(tmp_path / contract.shard_pattern("train")))
+               for record in tf.data.TFRecordDataset(path, compression_type=contract.TFRECORD_COMPRESSION)
+               .as_numpy_iterator()]
+    assert sorted(records) == sorted(example.serialized for example in examples[2:])
 
 
 def write_manifest(pipeline: beam.Pipeline, output_dir: str, staging_dir: str, examples: list, shards: list):
