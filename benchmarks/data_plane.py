@@ -392,6 +392,42 @@ with beam.Pipeline(options=options) as pipeline:
 """
 
 
+RUNNER_FLOOR_RECORDS = 15_000
+RUNNER_FLOOR_RECORD_BYTES = 12 * 1024
+# The local runner's own cost per record: records of about an encoded example's size through a
+# Reshuffle and a GroupByKey (the job's fan-out and shard shuffle) on the job's runner options, with
+# stub work in between, so that what it spends is the runner's, the data plane's and the coders'.
+RUNNER_FLOOR_JOB = """
+import apache_beam as beam
+from beam_pipelines.options import build_pipeline_options
+options = build_pipeline_options(["--direct_num_workers={workers}", "--direct_running_mode=multi_processing"])
+with beam.Pipeline(options=options) as pipeline:
+    _ = (pipeline
+         | "Indices" >> beam.Create(range({records}))
+         | "StubRecords" >> beam.Map(lambda index: (index, bytes({record_bytes})))
+         | "Reshuffle" >> beam.Reshuffle()
+         | "StubKeys" >> beam.MapTuple(lambda index, record: (index % 64, record))
+         | "GroupByKey" >> beam.GroupByKey()
+         | "StubWork" >> beam.MapTuple(lambda key, records: sum(len(record) for record in records)))
+"""
+
+
+def runner_floor_job(workers: int, repeats: int) -> JobRuns:
+    """The minimal Beam job's runs, on RUNNER_FLOOR_RECORDS records and, for its start-up, on START_UP_FILES."""
+
+    def run(records: int) -> process_tree.TreeUsage:
+        script = RUNNER_FLOOR_JOB.format(workers=workers, records=records, record_bytes=RUNNER_FLOOR_RECORD_BYTES)
+        usage = process_tree.run([sys.executable, "-c", script], cwd=REPOSITORY)
+        if usage.returncode:
+            raise RuntimeError(f"the minimal Beam job failed (exit {usage.returncode})")
+        return usage
+
+    return JobRuns(f"minimal Beam job, multi_processing: {RUNNER_FLOOR_RECORDS:,} records of "
+                   f"{RUNNER_FLOOR_RECORD_BYTES // 1024} KB through a Reshuffle and a GroupByKey, stub work",
+                   "multi_processing", NO_AUGMENTATION, RUNNER_FLOOR_RECORDS,
+                   [run(RUNNER_FLOOR_RECORDS) for _ in range(repeats)], [run(START_UP_FILES) for _ in range(repeats)])
+
+
 def _median_wall(command: list[str], repeats: int) -> float:
     return statistics.median(process_tree.run(command, cwd=REPOSITORY).wall_seconds for _ in range(repeats))
 
@@ -417,9 +453,9 @@ def start_up_parts(start_up_csv: str, workers: int, repeats: int) -> dict[str, f
             "importing Beam, and shut down)": minimal - beam_imports}
 
 
-def floor_section(loop: dict[int, tuple[float, float]], jobs: list[JobRuns], floor: JobRuns,
+def floor_section(loop: dict[int, tuple[float, float]], jobs: list[JobRuns], floor: JobRuns, runner_floor: JobRuns,
                   start_up: dict[str, float], read_ms: float, workers: int) -> list[str]:
-    """Why the targets are out of reach: the job's cost without the codec, and its start-up part by part."""
+    """Why the targets are out of reach: the runner's floor, the job's cost without the codec, its start-up."""
     loop_wall, loop_cpu = loop[floor.images]
     loop_ms = 1000 * loop_cpu / floor.images
     real = next(job for job in jobs if (job.images, job.mode, job.augment) == (floor.images, floor.mode, floor.augment))
@@ -436,10 +472,15 @@ def floor_section(loop: dict[int, tuple[float, float]], jobs: list[JobRuns], flo
         "image and every PNG encode its PNG, so the job still lists, reads and hashes every file, splits, "
         "builds the Examples, shuffles and writes the GZIP shards, with records of the real size.",
         "",
-        "| run | wall (s) | CPU ms/image (driver / workers CPU s) | peak RSS MB (driver / workers) |",
+        "| run | wall (s) | CPU ms/image or record (driver / workers CPU s) | peak RSS MB (driver / workers) |",
         "|---|---:|---:|---:|",
         *(f"| {job.name} | {job.wall:.1f} | {job.cpu_ms_per_image:.2f} ({job.cpu_split()}) | "
-          f"{job.peak_rss / MB:,.0f} ({job.rss_split()}) |" for job in (real, floor)),
+          f"{job.peak_rss / MB:,.0f} ({job.rss_split()}) |" for job in (real, floor, runner_floor)),
+        "",
+        f"The minimal Beam job is the runner's own floor, side by side with the job's (the codec-free run) and the "
+        f"codec's (the loop, {loop_ms:.2f} ms of CPU per image): {runner_floor.wall:.1f} s whole and "
+        f"{runner_floor.start_up:.1f} s on {START_UP_FILES} records, so {1000 / runner_floor.steady_rate:.2f} ms of "
+        "wall time per record beyond start-up.",
         "",
         f"Even if the job's decode did no more than the loop's codec work ({loop_ms:.2f} ms per image, of which "
         f"{read_ms:.2f} ms reading the file, which the floor run does too), the job would spend "
@@ -611,6 +652,7 @@ def run_benchmark(args: argparse.Namespace) -> str:
     profile = profile_job(runner, f"--csv={small_csv}", len(small), os.path.join(work_dir, "profiles"))
     source_flag, used, _ = configurations[0]
     floor = floor_section(loop, jobs, codec_free_job(runner, source_flag, used, rows[0]["image_uri"]),
+                          runner_floor_job(args.workers, args.repeats),
                           start_up_parts(start_up_csv, args.workers, args.repeats),
                           stages[NO_AUGMENTATION_LABEL]["read file"], args.workers)
     conditions = conditions_line(args.workers, args.image_size, mean_file_kb, load_before, args.note)
