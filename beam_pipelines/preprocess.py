@@ -23,7 +23,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipelines import example_codec, reading, sources, splitting, storage
-from beam_pipelines.manifest import WriteManifestFn, format_summary, read_manifest
+from beam_pipelines.manifest import CountManifestTablesFn, WriteManifestFn, format_summary, read_manifest
 from beam_pipelines.options import build_pipeline_options, configure_logging
 from beam_pipelines.records import ImageSummary, Listing, SourceImage
 from beam_pipelines.rejections import REJECTED, reject
@@ -257,6 +257,20 @@ def not_withheld(keyed: tuple, withheld: dict) -> bool:
     return keyed[0] not in withheld
 
 
+def example_count_key(example: EncodedExample) -> tuple[tuple, tuple[str, tuple[str, str]]]:
+    """(origin, the manifest's (table, key) pair of one example): the origin decides whether it is written."""
+    return example.origin, ("examples", (example.split, example.label))
+
+
+def used_image_count_keys(image: ImageSummary) -> Iterator[tuple[str, tuple | str]]:
+    """The manifest's (table, key) pairs of one used image: its original, its patient, its notes."""
+    yield "originals", (image.split, image.label)
+    yield "source_originals", (image.source, image.label)
+    yield "patients", (image.split, image.label, image.patient_key)
+    for note in image.notes:
+        yield "notes", note
+
+
 def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
     """Adds the whole preprocess graph to `pipeline`.
 
@@ -300,11 +314,6 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
     verdicts = deduplicated["verdicts"]
     shards = examples | "WriteShards" >> WriteShardedTFRecords(
         staging_dir, int(args.target_shard_mb * 1024 * 1024), args.min_shards, withheld=verdicts)
-    example_counts = (examples
-                      | "ExampleKeys" >> beam.Map(lambda example: (example.origin, (example.split, example.label)))
-                      | "ExamplesKept" >> beam.Filter(not_withheld, withheld=beam.pvalue.AsDict(verdicts))
-                      | "SplitClass" >> beam.Values()
-                      | "CountExamples" >> beam.combiners.Count.PerElement())
 
     rejected = ((listed[REJECTED], encoded[REJECTED], deduplicated[REJECTED]) | "AllRejected" >> beam.Flatten())
     rejected_files = (rejected
@@ -313,33 +322,22 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
                           FileSystems.join(args.output_dir, "rejected"), file_name_suffix=".jsonl",
                           shard_name_template="-SSSSS-of-NNNNN", num_shards=1))
 
-    inputs_listed = ((listed["images"] | "CountListed" >> beam.combiners.Count.Globally(),
-                      listed[REJECTED] | "CountLabelRejects" >> beam.combiners.Count.Globally())
-                     | "ListedParts" >> beam.Flatten()
-                     | "SumListed" >> beam.CombineGlobally(sum))
-    side = beam.pvalue
+    counts = ((listed["images"] | "ListedKeys" >> beam.Map(lambda _: ("inputs", "listed")),
+               listed[REJECTED] | "LabelRejectKeys" >> beam.Map(lambda _: ("inputs", "listed")),
+               used | "UsedImageKeys" >> beam.FlatMap(used_image_count_keys),
+               examples
+               | "ExampleKeys" >> beam.Map(example_count_key)
+               | "ExamplesKept" >> beam.Filter(not_withheld, withheld=beam.pvalue.AsDict(verdicts))
+               | "ExampleTableKeys" >> beam.Values(),
+               rejected | "RejectedKeys" >> beam.Map(lambda item: ("rejected", item.counter_key)))
+              | "ManifestKeys" >> beam.Flatten()
+              | "CountManifestTables" >> beam.CombineGlobally(CountManifestTablesFn()))
     _ = (pipeline
          | "ManifestSeed" >> beam.Create([None])
          | "WriteManifest" >> beam.ParDo(
              WriteManifestFn(args.output_dir, staging_dir, _recorded_options(args)),
-             multipliers=side.AsSingleton(multipliers),
-             inputs_listed=side.AsSingleton(inputs_listed),
-             patients=side.AsList(
-                 used
-                 | "PatientKeys" >> beam.Map(lambda image: (image.split, image.label, image.patient_key))
-                 | "DistinctPatients" >> beam.Distinct()
-                 | "PatientSplitClass" >> beam.Map(lambda key: (key[0], key[1]))
-                 | "CountPatients" >> beam.combiners.Count.PerElement()),
-             originals=side.AsList(_count_per_key(used, "Originals", lambda image: (image.split, image.label))),
-             source_originals=side.AsList(_count_per_key(used, "SourceOriginals",
-                                                         lambda image: (image.source, image.label))),
-             examples=side.AsList(example_counts),
-             rejected=side.AsList(_count_per_key(rejected, "Rejected", lambda item: item.counter_key)),
-             notes=side.AsList(used
-                               | "Notes" >> beam.FlatMap(lambda image: image.notes)
-                               | "CountNotes" >> beam.combiners.Count.PerElement()),
-             shards=side.AsList(shards),
-             rejected_files=side.AsList(rejected_files)))
+             multipliers=beam.pvalue.AsSingleton(multipliers), counts=beam.pvalue.AsSingleton(counts),
+             shards=beam.pvalue.AsList(shards), rejected_files=beam.pvalue.AsList(rejected_files)))
 
 
 def _recorded_options(args: argparse.Namespace) -> dict:

@@ -143,20 +143,34 @@ def test_sharded_writer_withholds_the_examples_of_withheld_origins(beam_pipeline
     assert sorted(records) == sorted(example.serialized for example in examples[2:])
 
 
-def write_manifest(pipeline: beam.Pipeline, output_dir: str, staging_dir: str, examples: list, shards: list):
+def write_manifest(pipeline: beam.Pipeline, output_dir: str, staging_dir: str, examples: dict, shards: list):
     counts = {("train", "normal"): 2, ("val", "normal"): 1, ("test", "covid19"): 1}
+    tables = {"inputs": {"listed": 5}, "patients": counts, "originals": counts, "examples": examples,
+              "source_originals": {("site-a", "normal"): 3, ("rsna", "normal"): 1, ("covid", "covid19"): 1},
+              "rejected": {"read/missing_file": 1}, "notes": {"invalid_voi_window": 1}}
     side = {name: beam.pvalue.AsList(pipeline | f"Side{name}" >> beam.Create(values)) for name, values in {
-        "patients": list(counts.items()), "originals": list(counts.items()), "examples": examples,
-        "source_originals": [(("site-a", "normal"), 3), (("rsna", "normal"), 1), (("covid", "covid19"), 1)],
-        "rejected": [("read/missing_file", 1)], "shards": shards,
-        "rejected_files": ["rejected-00000-of-00001.jsonl"], "notes": [("invalid_voi_window", 1)]}.items()}
+        "shards": shards, "rejected_files": ["rejected-00000-of-00001.jsonl"]}.items()}
     return (pipeline
             | "Seed" >> beam.Create([None])
             | beam.ParDo(manifest.WriteManifestFn(output_dir, staging_dir, {"image_size": IMAGE_SIZE}),
                          multipliers=beam.pvalue.AsSingleton(
                              pipeline | "Multipliers" >> beam.Create([{"normal": 2, "pneumonia": 2, "covid19": 30}])),
-                         inputs_listed=beam.pvalue.AsSingleton(pipeline | "Listed" >> beam.Create([5])),
+                         counts=beam.pvalue.AsSingleton(pipeline | "Counts" >> beam.Create([tables])),
                          **side))
+
+
+def test_manifest_tables_are_counted_in_one_combine(beam_pipeline):
+    keys = [("inputs", "listed")] * 4 + [
+        ("originals", ("train", "normal")), ("originals", ("train", "normal")), ("originals", ("val", "covid19")),
+        ("patients", ("train", "normal", "p1")), ("patients", ("train", "normal", "p1")),
+        ("patients", ("train", "normal", "p2")), ("patients", ("val", "covid19", "p3")),
+        ("rejected", "read/missing_file"), ("notes", "invalid_voi_window")]
+    with beam_pipeline as pipeline:
+        counts = pipeline | beam.Create(keys) | beam.CombineGlobally(manifest.CountManifestTablesFn())
+        assert_that(counts, equal_to([{
+            "inputs": {"listed": 4}, "originals": {("train", "normal"): 2, ("val", "covid19"): 1},
+            "patients": {("train", "normal"): 2, ("val", "covid19"): 1}, "source_originals": {}, "examples": {},
+            "rejected": {"read/missing_file": 1}, "notes": {"invalid_voi_window": 1}}]))
 
 
 def staged_shards(staging_dir, records_per_split: dict[str, int]) -> list[dict]:
@@ -172,7 +186,7 @@ def staged_shards(staging_dir, records_per_split: dict[str, int]) -> list[dict]:
 def test_manifest_writer_writes_the_counts_it_is_given_and_moves_the_shards_in(beam_pipeline, tmp_path):
     staging_dir = tmp_path / "staging"
     shards = staged_shards(staging_dir, {"train": 4, "val": 1, "test": 1})
-    examples = [(("train", "normal"), 4), (("val", "normal"), 1), (("test", "covid19"), 1)]
+    examples = {("train", "normal"): 4, ("val", "normal"): 1, ("test", "covid19"): 1}
     with beam_pipeline as pipeline:
         written = write_manifest(pipeline, str(tmp_path), str(staging_dir), examples, shards)
         assert_that(written | beam.Map(lambda written_manifest: written_manifest["inputs"]),
@@ -197,7 +211,7 @@ def test_manifest_writer_writes_the_counts_it_is_given_and_moves_the_shards_in(b
 def test_manifest_writer_leaves_the_shards_staged_when_examples_are_missing_from_them(beam_pipeline, tmp_path):
     staging_dir = tmp_path / "staging"
     shards = staged_shards(staging_dir, {"train": 3, "val": 1, "test": 1})
-    examples = [(("train", "normal"), 4), (("val", "normal"), 1), (("test", "covid19"), 1)]
+    examples = {("train", "normal"): 4, ("val", "normal"): 1, ("test", "covid19"): 1}
     with pytest.raises(Exception, match="4 train examples encoded but 3 written to its shards"):
         with beam_pipeline as pipeline:
             write_manifest(pipeline, str(tmp_path), str(staging_dir), examples, shards)
