@@ -254,6 +254,7 @@ def image_folder_of(args: argparse.Namespace) -> sources.ImageFolder | None:
 
 
 def not_withheld(keyed: tuple, withheld: dict) -> bool:
+    """True unless the (origin, ...) record's origin is one of `withheld`'s (a duplicate's listing row)."""
     return keyed[0] not in withheld
 
 
