@@ -26,7 +26,7 @@ from beam_pipelines import example_codec, reading, sources, splitting, storage
 from beam_pipelines.manifest import CountManifestTablesFn, WriteManifestFn, format_summary, read_manifest
 from beam_pipelines.options import build_pipeline_options, configure_logging
 from beam_pipelines.records import ImageSummary, Listing, SourceImage
-from beam_pipelines.rejections import REJECTED, reject
+from beam_pipelines.rejections import REJECTED, REJECTED_FILE, WriteRejectedFn, reject
 from beam_pipelines.tfrecord_shards import (
     DEFAULT_MIN_TRAIN_SHARDS,
     DEFAULT_TARGET_SHARD_MB,
@@ -40,7 +40,8 @@ PROGRESS_EVERY = 500
 DEFAULT_SEED = 42
 # Shards are written here and moved into the output dir with the manifest (manifest.py).
 STAGING_FOLDER = ".staging"
-# An interrupted run also leaves its staged shards, its own temporary files and those of Beam's WriteToText.
+# An interrupted run also leaves its staged shards and its own temporary files; Beam's temporary
+# folders (beam-temp-*) are those of runs that wrote the rejected records with WriteToText.
 OUTPUT_PATTERNS = (*(contract.shard_pattern(split) for split in contract.SPLITS), "rejected-*.jsonl",
                    contract.MANIFEST_FILE, storage.TEMPORARY_PATTERN, "beam-temp-*/**", f"{STAGING_FOLDER}/**")
 
@@ -319,9 +320,9 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
     rejected = ((listed[REJECTED], encoded[REJECTED], deduplicated[REJECTED]) | "AllRejected" >> beam.Flatten())
     rejected_files = (rejected
                       | "RejectedJson" >> beam.Map(Rejection.to_json)
-                      | "WriteRejected" >> beam.io.WriteToText(
-                          FileSystems.join(args.output_dir, "rejected"), file_name_suffix=".jsonl",
-                          shard_name_template="-SSSSS-of-NNNNN", num_shards=1))
+                      | "RejectedLines" >> beam.combiners.ToList()
+                      | "WriteRejected" >> beam.ParDo(WriteRejectedFn(
+                          FileSystems.join(args.output_dir, REJECTED_FILE))))
 
     counts = ((listed["images"] | "ListedKeys" >> beam.Map(lambda _: ("inputs", "listed")),
                listed[REJECTED] | "LabelRejectKeys" >> beam.Map(lambda _: ("inputs", "listed")),

@@ -333,3 +333,16 @@ def test_shard_writer_writes_one_shard_in_record_order(beam_pipeline, tmp_path):
     path = str(tmp_path / contract.shard_name("test", 1, 2))
     assert list(tf.data.TFRecordDataset(path, compression_type=contract.TFRECORD_COMPRESSION)
                 .as_numpy_iterator()) == [b"first", b"second"]
+
+
+def test_rejected_records_are_written_sorted_to_one_file(beam_pipeline, tmp_path):
+    lines = ['{"line": 3}', '{"line": 1}', '{"line": 2}']
+    path = str(tmp_path / rejections.REJECTED_FILE)
+    with beam_pipeline as pipeline:
+        written = (pipeline
+                   | beam.Create(lines)
+                   | beam.combiners.ToList()
+                   | beam.ParDo(rejections.WriteRejectedFn(path)))
+        assert_that(written, equal_to([path]))
+    assert (tmp_path / rejections.REJECTED_FILE).read_bytes() == b'{"line": 1}\n{"line": 2}\n{"line": 3}\n'
+    assert os.listdir(tmp_path) == [rejections.REJECTED_FILE], "no temporary file is left behind"
