@@ -91,6 +91,7 @@ def example_size(example: EncodedExample) -> tuple[tuple, str, int]:
 
 
 def size_kept(size: tuple[tuple, str, int], withheld: dict) -> bool:
+    """True unless the example the size is of will be withheld."""
     return size[0] not in withheld
 
 
