@@ -97,15 +97,16 @@ bytes.
 Lean graph (issue 23): the decode step encodes its image's examples itself and emits a small
 summary beside them (ids, split, label, content hash, notes); duplicates are found and every
 count of the manifest taken from the summaries (one combine), and the duplicates' examples are
-withheld at the shard-count barrier, where every example waits anyway. Decoded pixels no longer
-cross a stage, so an image's data crosses the runner's data plane four times (to and from the
-shard-count barrier, to and from the shard shuffle) instead of six, in 20 fused stages instead
-of 29; the records are byte-identical (tests/test_preprocess_records.py). Paired runs against
-the code before, interleaved, 3 each, 2,000 files, multi_processing, on a machine whose
-1-minute load was 4 to 5 (a training job had the cores; these ran at nice 19, so wall times say
-little), medians: CPU 21.2 → 21.1 s without augmentation, 25.1 → 24.5 s with the default
-multipliers, 10.8 → 9.6 s with the codec stubbed; peak RSS 1,311 → 1,225, 1,414 → 1,398 and
-1,344 → 1,238 MB; the 20-file job 7.3 → 7.0 s of CPU. The alternative, a hash-only pass over the
+withheld at the shard-count barrier, where every example waits anyway; the rejected records are
+written by one DoFn. Decoded pixels no longer cross a stage, so an image's data crosses the
+runner's data plane four times (to and from the shard-count barrier, to and from the shard
+shuffle) instead of six, in 18 fused stages instead of 29; the records are byte-identical
+(tests/test_preprocess_records.py). Paired runs against the code before, interleaved, 3 each,
+multi_processing, on a machine whose 1-minute load stayed between 4 and 6 (a training job had
+the cores; these ran at nice 19, so wall times say little and CPU times are inflated alike),
+medians: 2,000 files, CPU 27.2 → 25.7 s without augmentation, 30.8 → 29.2 s with the default
+multipliers, 15.1 → 13.2 s with the codec stubbed; peak RSS 1,341 → 1,247, 1,423 → 1,357 and
+1,313 → 1,242 MB; the 20-file job 9.9 → 9.5 s of CPU. The alternative, a hash-only pass over the
 files before decoding, was measured as a Beam job over the same files: 0.4 to 0.6 s more CPU
 and 1.2 to 1.5 s more wall than listing them alone (reading and hashing a file again is 0.125
 ms of CPU), a barrier before the first decode, and a second read of every file (a second GET on
