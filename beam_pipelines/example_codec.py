@@ -130,3 +130,31 @@ def serialize_with_copies(pixels: np.ndarray, fields: ExampleFields, copies: int
     for copy_index in range(copies):
         image = pixels if copy_index == 0 else augmentation.augment(pixels, seed, fields.image_id, copy_index)
         yield copy_index, serialize_example(image, dataclasses.replace(fields, augmentation=copy_index))
+
+
+def fields_and_png(serialized: bytes) -> tuple[ExampleFields, bytes]:
+    """What `serialize_example` was given, read back from its record: the fields and the PNG."""
+    feature = Example.FromString(serialized).features.feature
+
+    def text(key: str) -> str:
+        return feature[key].bytes_list.value[0].decode("utf-8")
+
+    fields = ExampleFields(label=text(contract.LABEL_TEXT), image_id=text(contract.IMAGE_ID),
+                           source=text(contract.SOURCE), view=text(contract.VIEW),
+                           patient_id=text(contract.PATIENT_ID),
+                           augmentation=feature[contract.AUGMENTATION].int64_list.value[0],
+                           sex=text(contract.PATIENT_SEX), age_band=text(contract.PATIENT_AGE_BAND))
+    return fields, feature[contract.IMAGE_ENCODED].bytes_list.value[0]
+
+
+def augmented_copies_of(original: bytes, copies: int, seed: int) -> Iterator[tuple[int, bytes]]:
+    """(augmentation index, record) of the copies 1 .. `copies - 1` of an original's record.
+
+    The same records `serialize_with_copies` makes from the decoded pixels: the original's
+    PNG is lossless, so its pixels are those pixels bit for bit.
+    """
+    fields, png = fields_and_png(original)
+    pixels = imaging.decode_png(png)
+    for copy_index in range(1, copies):
+        image = augmentation.augment(pixels, seed, fields.image_id, copy_index)
+        yield copy_index, serialize_example(image, dataclasses.replace(fields, augmentation=copy_index))

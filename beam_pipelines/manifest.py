@@ -7,6 +7,7 @@ the job's accounting holds (every listed input used or rejected, every encoded e
 in a shard), so a job that fails leaves no shard where a trainer would read it.
 """
 
+import collections
 import datetime
 import importlib.metadata
 import json
@@ -20,6 +21,10 @@ from beam_pipelines import storage
 from cxr_core import contract
 from cxr_core.confounding import find_confounding
 
+# The tables the job counts for its manifest, all from (table, key) pairs in one combine
+# (`CountManifestTablesFn`): `inputs` has the one key `listed`; `patients` keys are
+# (split, class, patient key), each counted once for its (split, class).
+COUNTED_TABLES = ("inputs", "patients", "originals", "source_originals", "examples", "rejected", "notes")
 REPORTED_PACKAGES = ("cxr-classifier", "apache-beam", "tensorflow", "tfx-bsl", "pydicom",
                      "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pillow", "numpy")
 
@@ -122,8 +127,45 @@ def build_manifest(*, options: dict, multipliers: dict[str, int], inputs_listed:
     }
 
 
+def counted_tables(counts: collections.Counter) -> dict[str, dict]:
+    """{(table, key): n} → {table: {key: n}} for each of COUNTED_TABLES; patients counted per (split, class)."""
+    tables = {table: {} for table in COUNTED_TABLES}
+    for (table, key), count in counts.items():
+        if table == "patients":
+            tables[table][key[:2]] = tables[table].get(key[:2], 0) + 1
+        else:
+            tables[table][key] = count
+    return tables
+
+
+class CountManifestTablesFn(beam.CombineFn):
+    """Every count of the manifest in one pass: (table, key) pairs → `counted_tables`.
+
+    One combine instead of one per table: each is a stage of its own on the local runner,
+    and the job's start-up grows with its stages.
+    """
+
+    def create_accumulator(self) -> collections.Counter:
+        return collections.Counter()
+
+    def add_input(self, counts: collections.Counter, table_key: tuple[str, object]) -> collections.Counter:
+        counts[table_key] += 1
+        return counts
+
+    def merge_accumulators(self, accumulators) -> collections.Counter:
+        merged = collections.Counter()
+        for counts in accumulators:
+            merged.update(counts)
+        return merged
+
+    def extract_output(self, counts: collections.Counter) -> dict[str, dict]:
+        return counted_tables(counts)
+
+
 class WriteManifestFn(beam.DoFn):
     """Assembles the manifest from the job's side inputs, moves the shards into place, writes the JSON.
+
+    `counts` is `CountManifestTablesFn`'s output.
 
     Shards come from `staging_dir`; if the accounting fails they stay there and the
     job fails naming it.
@@ -134,14 +176,14 @@ class WriteManifestFn(beam.DoFn):
         self._staging_dir = staging_dir
         self._options = options
 
-    def process(self, _, multipliers, inputs_listed, patients, originals, source_originals, examples, rejected,
-                shards, rejected_files, notes) -> Iterator[dict]:
+    def process(self, _, multipliers, counts, shards, rejected_files) -> Iterator[dict]:
         del rejected_files  # a side input only so that the manifest is written after them
         try:
             manifest = build_manifest(
-                options=self._options, multipliers=multipliers, inputs_listed=inputs_listed,
-                patients=dict(patients), originals=dict(originals), source_originals=dict(source_originals),
-                examples=dict(examples), rejected=dict(rejected), shards=list(shards), notes=dict(notes))
+                options=self._options, multipliers=multipliers, inputs_listed=counts["inputs"].get("listed", 0),
+                patients=counts["patients"], originals=counts["originals"],
+                source_originals=counts["source_originals"], examples=counts["examples"],
+                rejected=counts["rejected"], shards=list(shards), notes=counts["notes"])
         except RuntimeError as error:
             raise RuntimeError(f"{error}; the shards stay unpublished in {self._staging_dir}") from None
         storage.move_files(self._staging_dir, self._output_dir, [shard["file"] for shard in manifest["shards"]])

@@ -4,10 +4,12 @@
         --patient_key_file KEY_FILE --output_dir OUT [--runner DataflowRunner --project P --region R ...]
 
 Steps: list labelled images from each source → Reshuffle → read and decode each
-file, keep frontal radiographs (rejects go to the dead-letter output) → keep one
-listing of each image (same bytes) → split by patient → expand the train split with
-augmented copies → encode tf.Examples → write sized shards, the rejected records
-and, last, `manifest.json`, when the shards move from a staging folder into the output dir.
+file, keep frontal radiographs (rejects go to the dead-letter output), split by patient
+and encode its tf.Examples (train images with their augmented copies) in the same step,
+which also emits a small summary of the image → keep one listing of each image (same
+bytes), decided on the summaries → write sized shards without the duplicates' examples,
+the rejected records and, last, `manifest.json` (counted from the summaries), when the
+shards move from a staging folder into the output dir.
 """
 
 import argparse
@@ -21,10 +23,10 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipelines import example_codec, reading, sources, splitting, storage
-from beam_pipelines.manifest import WriteManifestFn, format_summary, read_manifest
+from beam_pipelines.manifest import CountManifestTablesFn, WriteManifestFn, format_summary, read_manifest
 from beam_pipelines.options import build_pipeline_options, configure_logging
-from beam_pipelines.records import Listing, PreparedImage, SourceImage
-from beam_pipelines.rejections import REJECTED, reject
+from beam_pipelines.records import ImageSummary, Listing, SourceImage
+from beam_pipelines.rejections import REJECTED, REJECTED_FILE, WriteRejectedFn, reject
 from beam_pipelines.tfrecord_shards import (
     DEFAULT_MIN_TRAIN_SHARDS,
     DEFAULT_TARGET_SHARD_MB,
@@ -38,28 +40,41 @@ PROGRESS_EVERY = 500
 DEFAULT_SEED = 42
 # Shards are written here and moved into the output dir with the manifest (manifest.py).
 STAGING_FOLDER = ".staging"
-# An interrupted run also leaves its staged shards, its own temporary files and those of Beam's WriteToText.
+# An interrupted run also leaves its staged shards and its own temporary files; Beam's temporary
+# folders (beam-temp-*) are those of runs that wrote the rejected records with WriteToText.
 OUTPUT_PATTERNS = (*(contract.shard_pattern(split) for split in contract.SPLITS), "rejected-*.jsonl",
                    contract.MANIFEST_FILE, storage.TEMPORARY_PATTERN, "beam-temp-*/**", f"{STAGING_FOLDER}/**")
 
 
-class ReadAndPrepareFn(beam.DoFn):
-    """Reads one listed image, decodes it once, checks its header, and decides its split and ids.
+class ReadAndEncodeFn(beam.DoFn):
+    """Reads one listed image, decodes it once, checks its header, and encodes its examples.
 
-    A file that cannot be used is rejected; an I/O error other than not-found is raised
-    (so the runner retries) naming the image by its listing row and image id only.
+    The decoded pixels never leave this DoFn: it outputs the encoded examples (main output,
+    each with the image's listing row as its `origin`), one small `ImageSummary` per
+    accepted image (SUMMARIES) for duplicate detection and the manifest's counts, and
+    rejections. `copies` is the number of examples per train image of each class, the
+    original included; with all ones only originals are made (their copies then come from
+    `AddAugmentedCopiesFn`, once balanced multipliers are known). A file that cannot be
+    used is rejected; an I/O error other than not-found is raised (so the runner retries)
+    naming the image by its listing row and image id only.
     """
 
+    SUMMARIES = "summaries"
+
     def __init__(self, image_size: int, patient_key: splitting.PatientKey, fractions: dict[str, float],
-                 max_pixels: int, allowed_views: frozenset[str]):
+                 max_pixels: int, allowed_views: frozenset[str], copies: dict[str, int], seed: int):
         self._image_size = image_size
         self._patient_key = patient_key
         self._fractions = fractions
         self._max_pixels = max_pixels
         self._allowed_views = allowed_views
+        self._copies = copies
+        self._seed = seed
         self._key = ""
         self._prepared = beam.metrics.Metrics.counter("decode", "images_prepared")
         self._rejected = beam.metrics.Metrics.counter("decode", "images_rejected")
+        self._originals = beam.metrics.Metrics.counter("examples", "originals")
+        self._augmented = beam.metrics.Metrics.counter("examples", "augmented_copies")
         self._seen = 0
 
     def setup(self):
@@ -84,22 +99,22 @@ class ReadAndPrepareFn(beam.DoFn):
         for note in decoded.notes:
             beam.metrics.Metrics.counter("notes", note).inc()
         patient_key = pseudonyms.pseudonymous_patient_id(self._key, image.source, image.patient_id)
+        split = splitting.assign_split(patient_key, self._fractions)
         self._prepared.inc()
-        yield PreparedImage(
-            image_id=image_id,
-            patient_key=patient_key,
-            split=splitting.assign_split(patient_key, self._fractions),
-            label=image.label,
-            source=image.source,
-            view=image.view or decoded.view,
-            pixels=decoded.pixels,
-            content_hash=hashlib.sha256(data).hexdigest(),
+        fields = example_codec.ExampleFields(label=image.label, image_id=image_id, source=image.source,
+                                             view=image.view or decoded.view, patient_id=patient_key,
+                                             sex=image.sex, age_band=image.age_band)
+        row = (image.source, image.listing, image.line)
+        copies = self._copies[image.label] if split == "train" else 1
+        for copy_index, serialized in example_codec.serialize_with_copies(decoded.pixels, fields, copies,
+                                                                          self._seed):
+            (self._augmented if copy_index else self._originals).inc()
+            yield EncodedExample(split, image.label, image_id, copy_index, serialized, row)
+        yield beam.pvalue.TaggedOutput(self.SUMMARIES, ImageSummary(
+            image_id=image_id, source=image.source, listing=image.listing, line=image.line, label=image.label,
+            split=split, patient_key=patient_key,
             patient_match_key=pseudonyms.patient_match_key(self._key, image.patient_id),
-            listing=image.listing,
-            line=image.line,
-            notes=decoded.notes,
-            sex=image.sex,
-            age_band=image.age_band)
+            content_hash=hashlib.sha256(data).hexdigest(), notes=decoded.notes))
 
     def _reject(self, image: SourceImage, image_id: str, stage: str, kind: str,
                 reason: str) -> beam.pvalue.TaggedOutput:
@@ -107,7 +122,7 @@ class ReadAndPrepareFn(beam.DoFn):
                                 listing=image.listing, line=image.line), self._rejected)
 
 
-def listing_of(image: PreparedImage) -> tuple[str, Listing]:
+def listing_of(image: ImageSummary) -> tuple[str, Listing]:
     return image.content_hash, Listing(image.source, image.listing, image.line, image.label,
                                        image.patient_match_key)
 
@@ -143,13 +158,13 @@ def duplicate_verdicts(content_hash: str, listings: Iterable[Listing]) -> Iterat
 
 
 class DropDuplicatesFn(beam.DoFn):
-    """Passes images without a duplicate verdict; rejects the others with theirs."""
+    """Passes the summaries of images without a duplicate verdict; rejects the others with theirs."""
 
     def __init__(self):
         self._unique = beam.metrics.Metrics.counter("dedupe", "images_unique")
 
-    def process(self, image: PreparedImage, verdicts: dict) -> Iterator:
-        verdict = verdicts.get((image.source, image.listing, image.line))
+    def process(self, image: ImageSummary, verdicts: dict) -> Iterator:
+        verdict = verdicts.get(image.row)
         if verdict is None:
             self._unique.inc()
             yield image
@@ -160,37 +175,38 @@ class DropDuplicatesFn(beam.DoFn):
 
 
 class DropDuplicateImages(beam.PTransform):
-    """Uses each image (the same bytes, however listed) at most once; outputs `unique` and `rejected`.
+    """Uses each image (the same bytes, however listed) at most once, decided on the images' summaries.
 
-    Only content hashes and listing metadata are grouped; the verdicts that come back
-    as a side input cover duplicated images only, so memory stays small.
+    Outputs `unique` (the summaries of used images), `rejected`, and `verdicts`: (listing row,
+    (kind, reason)) of every listing not used, so that its examples can be withheld where
+    they wait for the shard counts. Only summaries are grouped and read here, never images.
     """
 
-    def expand(self, images):
-        verdicts = (images
+    def expand(self, summaries):
+        verdicts = (summaries
                     | "ListingByContent" >> beam.Map(listing_of)
                     | "GroupByContent" >> beam.GroupByKey()
                     | "DuplicateVerdicts" >> beam.FlatMapTuple(duplicate_verdicts))
-        return images | "DropDuplicates" >> beam.ParDo(
+        kept = summaries | "DropDuplicates" >> beam.ParDo(
             DropDuplicatesFn(), verdicts=beam.pvalue.AsDict(verdicts)).with_outputs(REJECTED, main="unique")
+        return {"unique": kept.unique, REJECTED: kept[REJECTED], "verdicts": verdicts}
 
 
-class ExpandExamplesFn(beam.DoFn):
-    """One record per original; train images also get `multiplier - 1` augmented copies."""
+class AddAugmentedCopiesFn(beam.DoFn):
+    """Passes every example; adds a train original's `multiplier - 1` augmented copies, made from its record."""
 
     def __init__(self, seed: int):
         self._seed = seed
-        self._originals = beam.metrics.Metrics.counter("examples", "originals")
         self._augmented = beam.metrics.Metrics.counter("examples", "augmented_copies")
 
-    def process(self, image: PreparedImage, multipliers: dict[str, int]) -> Iterator[EncodedExample]:
-        copies = multipliers[image.label] if image.split == "train" else 1
-        fields = example_codec.ExampleFields(label=image.label, image_id=image.image_id, source=image.source,
-                                             view=image.view, patient_id=image.patient_key, sex=image.sex,
-                                             age_band=image.age_band)
-        for copy_index, serialized in example_codec.serialize_with_copies(image.pixels, fields, copies, self._seed):
-            (self._augmented if copy_index else self._originals).inc()
-            yield EncodedExample(image.split, image.label, image.image_id, copy_index, serialized)
+    def process(self, example: EncodedExample, multipliers: dict[str, int]) -> Iterator[EncodedExample]:
+        yield example
+        if example.split != "train":
+            return
+        for copy_index, serialized in example_codec.augmented_copies_of(
+                example.serialized, multipliers[example.label], self._seed):
+            self._augmented.inc()
+            yield example._replace(augmentation=copy_index, serialized=serialized)
 
 
 class ListSources(beam.PTransform):
@@ -238,8 +254,33 @@ def image_folder_of(args: argparse.Namespace) -> sources.ImageFolder | None:
                                args.patient_id_regex or "")
 
 
+def not_withheld(keyed: tuple, withheld: dict) -> bool:
+    """True unless the (origin, ...) record's origin is one of `withheld`'s (a duplicate's listing row)."""
+    return keyed[0] not in withheld
+
+
+def example_count_key(example: EncodedExample) -> tuple[tuple, tuple[str, tuple[str, str]]]:
+    """(origin, the manifest's (table, key) pair of one example): the origin decides whether it is written."""
+    return example.origin, ("examples", (example.split, example.label))
+
+
+def used_image_count_keys(image: ImageSummary) -> Iterator[tuple[str, tuple | str]]:
+    """The manifest's (table, key) pairs of one used image: its original, its patient, its notes."""
+    yield "originals", (image.split, image.label)
+    yield "source_originals", (image.source, image.label)
+    yield "patients", (image.split, image.label, image.patient_key)
+    for note in image.notes:
+        yield "notes", note
+
+
 def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
-    """Adds the whole preprocess graph to `pipeline`."""
+    """Adds the whole preprocess graph to `pipeline`.
+
+    Only small records are grouped or read by more than one step: the decode step encodes
+    each image's examples where it decodes it and emits a summary beside them; duplicates
+    and every count of the manifest are decided on the summaries, and duplicates' examples
+    are withheld where all examples wait for the shard counts anyway.
+    """
     fractions = splitting.parse_split(args.split)
     configured_multipliers = augmentation.parse_multipliers(args.augment)
     patient_key = patient_key_of(args)
@@ -247,67 +288,58 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
     listed = pipeline | "ListSources" >> ListSources(args.rsna_dir, args.covid_dir, args.csv, args.rsna_not_normal,
                                                      patient_key, allowed_views, image_folder_of(args))
 
-    prepared = (listed["images"]
-                | "FanOut" >> beam.Reshuffle()
-                | "ReadAndPrepare" >> beam.ParDo(ReadAndPrepareFn(
-                    args.image_size, patient_key, fractions, imaging.max_pixels_for(args.max_megapixels),
-                    allowed_views)).with_outputs(REJECTED, main="prepared"))
-    deduplicated = prepared.prepared | "DropDuplicateImages" >> DropDuplicateImages()
+    originals_only = {name: 1 for name in contract.CLASS_NAMES}
+    encoded = (listed["images"]
+               | "FanOut" >> beam.Reshuffle()
+               | "ReadAndEncode" >> beam.ParDo(ReadAndEncodeFn(
+                   args.image_size, patient_key, fractions, imaging.max_pixels_for(args.max_megapixels),
+                   allowed_views, configured_multipliers or originals_only, args.seed)).with_outputs(
+                       ReadAndEncodeFn.SUMMARIES, REJECTED, main="examples"))
+    deduplicated = encoded[ReadAndEncodeFn.SUMMARIES] | "DropDuplicateImages" >> DropDuplicateImages()
+    used = deduplicated["unique"]
 
     if configured_multipliers:
         multipliers = pipeline | "Multipliers" >> beam.Create([configured_multipliers])
+        examples = encoded.examples
     else:
-        train_originals = _count_per_key(
-            deduplicated.unique | "TrainOnly" >> beam.Filter(lambda image: image.split == "train"),
-            "TrainOriginals", lambda image: image.label)
+        train_originals = _count_per_key(used | "TrainOnly" >> beam.Filter(lambda image: image.split == "train"),
+                                         "TrainOriginals", lambda image: image.label)
         multipliers = (pipeline
                        | "MultiplierSeed" >> beam.Create([None])
                        | "BalanceMultipliers" >> beam.Map(
                            lambda _, counts: augmentation.balanced_multipliers(counts),
                            counts=beam.pvalue.AsDict(train_originals)))
+        examples = encoded.examples | "AddAugmentedCopies" >> beam.ParDo(
+            AddAugmentedCopiesFn(args.seed), multipliers=beam.pvalue.AsSingleton(multipliers))
 
-    examples = deduplicated.unique | "ExpandAndEncode" >> beam.ParDo(
-        ExpandExamplesFn(args.seed), multipliers=beam.pvalue.AsSingleton(multipliers))
     staging_dir = FileSystems.join(args.output_dir, STAGING_FOLDER)
+    verdicts = deduplicated["verdicts"]
     shards = examples | "WriteShards" >> WriteShardedTFRecords(
-        staging_dir, int(args.target_shard_mb * 1024 * 1024), args.min_shards)
+        staging_dir, int(args.target_shard_mb * 1024 * 1024), args.min_shards, withheld=verdicts)
 
-    rejected = ((listed[REJECTED], prepared[REJECTED], deduplicated[REJECTED]) | "AllRejected" >> beam.Flatten())
+    rejected = ((listed[REJECTED], encoded[REJECTED], deduplicated[REJECTED]) | "AllRejected" >> beam.Flatten())
     rejected_files = (rejected
                       | "RejectedJson" >> beam.Map(Rejection.to_json)
-                      | "WriteRejected" >> beam.io.WriteToText(
-                          FileSystems.join(args.output_dir, "rejected"), file_name_suffix=".jsonl",
-                          shard_name_template="-SSSSS-of-NNNNN", num_shards=1))
+                      | "RejectedLines" >> beam.combiners.ToList()
+                      | "WriteRejected" >> beam.ParDo(WriteRejectedFn(
+                          FileSystems.join(args.output_dir, REJECTED_FILE))))
 
-    inputs_listed = ((listed["images"] | "CountListed" >> beam.combiners.Count.Globally(),
-                      listed[REJECTED] | "CountLabelRejects" >> beam.combiners.Count.Globally())
-                     | "ListedParts" >> beam.Flatten()
-                     | "SumListed" >> beam.CombineGlobally(sum))
-    side = beam.pvalue
+    counts = ((listed["images"] | "ListedKeys" >> beam.Map(lambda _: ("inputs", "listed")),
+               listed[REJECTED] | "LabelRejectKeys" >> beam.Map(lambda _: ("inputs", "listed")),
+               used | "UsedImageKeys" >> beam.FlatMap(used_image_count_keys),
+               examples
+               | "ExampleKeys" >> beam.Map(example_count_key)
+               | "ExamplesKept" >> beam.Filter(not_withheld, withheld=beam.pvalue.AsDict(verdicts))
+               | "ExampleTableKeys" >> beam.Values(),
+               rejected | "RejectedKeys" >> beam.Map(lambda item: ("rejected", item.counter_key)))
+              | "ManifestKeys" >> beam.Flatten()
+              | "CountManifestTables" >> beam.CombineGlobally(CountManifestTablesFn()))
     _ = (pipeline
          | "ManifestSeed" >> beam.Create([None])
          | "WriteManifest" >> beam.ParDo(
              WriteManifestFn(args.output_dir, staging_dir, _recorded_options(args)),
-             multipliers=side.AsSingleton(multipliers),
-             inputs_listed=side.AsSingleton(inputs_listed),
-             patients=side.AsList(
-                 deduplicated.unique
-                 | "PatientKeys" >> beam.Map(lambda image: (image.split, image.label, image.patient_key))
-                 | "DistinctPatients" >> beam.Distinct()
-                 | "PatientSplitClass" >> beam.Map(lambda key: (key[0], key[1]))
-                 | "CountPatients" >> beam.combiners.Count.PerElement()),
-             originals=side.AsList(_count_per_key(deduplicated.unique, "Originals",
-                                                  lambda image: (image.split, image.label))),
-             source_originals=side.AsList(_count_per_key(deduplicated.unique, "SourceOriginals",
-                                                         lambda image: (image.source, image.label))),
-             examples=side.AsList(_count_per_key(examples, "Examples",
-                                                 lambda example: (example.split, example.label))),
-             rejected=side.AsList(_count_per_key(rejected, "Rejected", lambda item: item.counter_key)),
-             notes=side.AsList(deduplicated.unique
-                               | "Notes" >> beam.FlatMap(lambda image: image.notes)
-                               | "CountNotes" >> beam.combiners.Count.PerElement()),
-             shards=side.AsList(shards),
-             rejected_files=side.AsList(rejected_files)))
+             multipliers=beam.pvalue.AsSingleton(multipliers), counts=beam.pvalue.AsSingleton(counts),
+             shards=beam.pvalue.AsList(shards), rejected_files=beam.pvalue.AsList(rejected_files)))
 
 
 def _recorded_options(args: argparse.Namespace) -> dict:

@@ -3,8 +3,6 @@
 import dataclasses
 import typing
 
-import numpy as np
-
 from cxr_core.demographics import UNKNOWN
 from cxr_core.rejection import listing_location
 
@@ -38,33 +36,31 @@ class SourceImage:
         return listing_location(self.listing, self.line)
 
 
-@dataclasses.dataclass(frozen=True)
-class PreparedImage:
-    """A decoded, resized image with its split decided and its ids pseudonymised.
+class ImageSummary(typing.NamedTuple):
+    """What duplicate detection and the manifest need of one decoded, accepted image: no pixels, no bytes.
 
-    `content_hash` (SHA-256 of the file's bytes) and `patient_match_key` (a keyed hash
-    of the raw patient id that, unlike `patient_key`, ignores the source) only serve to
-    find and compare listings of the same image; neither is written to a record.
+    The job's decode step emits one next to the image's encoded examples, so that only
+    these small records are grouped, counted and re-read. `content_hash` (SHA-256 of the
+    file's bytes) and `patient_match_key` (a keyed hash of the raw patient id that, unlike
+    `patient_key`, ignores the source) only serve to find and compare listings of the
+    same image; neither is written to a record.
     """
 
     image_id: str
-    patient_key: str
-    split: str
-    label: str
     source: str
-    view: str
-    pixels: np.ndarray
-    content_hash: str = ""
-    patient_match_key: str = ""
-    listing: str = ""
-    line: int = 0
+    listing: str
+    line: int
+    label: str
+    split: str
+    patient_key: str
+    patient_match_key: str
+    content_hash: str
     notes: tuple[str, ...] = ()
-    sex: str = UNKNOWN
-    age_band: str = UNKNOWN
 
     @property
-    def location(self) -> str:
-        return listing_location(self.listing, self.line)
+    def row(self) -> tuple[str, str, int]:
+        """The listing row the image came from; its examples carry it as their `origin`."""
+        return (self.source, self.listing, self.line)
 
 
 class Listing(typing.NamedTuple):

@@ -39,11 +39,18 @@ DEFAULT_MIN_TRAIN_SHARDS = 16
 
 
 class EncodedExample(typing.NamedTuple):
+    """One serialized record; `origin` names what it was made from (the preprocess job's listing row).
+
+    `origin` is never written: it only lets `WriteShardedTFRecords` withhold the examples of
+    an origin decided against after encoding.
+    """
+
     split: str
     label: str
     key: str
     augmentation: int
     serialized: bytes
+    origin: tuple = ()
 
 
 def shard_order_key(example: EncodedExample) -> str:
@@ -78,14 +85,42 @@ class WriteShardFn(beam.DoFn):
         yield {"split": split, "file": name, "records": written, "bytes": size}
 
 
-class WriteShardedTFRecords(beam.PTransform):
-    """EncodedExamples → `{split}-SSSSS-of-NNNNN.tfrecord.gz`; outputs one dict per shard."""
+def example_size(example: EncodedExample) -> tuple[tuple, str, int]:
+    """(origin, split, bytes): all that sizing the shards needs of an example."""
+    return example.origin, example.split, len(example.serialized)
 
-    def __init__(self, output_dir: str, target_shard_bytes: int, min_train_shards: int = DEFAULT_MIN_TRAIN_SHARDS):
+
+def size_kept(size: tuple[tuple, str, int], withheld: dict) -> bool:
+    """True unless the example the size is of will be withheld."""
+    return size[0] not in withheld
+
+
+def assign_shard(example: EncodedExample, shard_counts: dict[str, int],
+                 withheld: dict) -> list[tuple[tuple[str, int, int], tuple[str, bytes]]]:
+    """((split, shard index, shard count), (order key, record)), or nothing for a withheld origin."""
+    if example.origin in withheld:
+        return []
+    order = shard_order_key(example)
+    count = shard_counts[example.split]
+    return [((example.split, int(order[:15], 16) % count, count), (order, example.serialized))]
+
+
+class WriteShardedTFRecords(beam.PTransform):
+    """EncodedExamples → `{split}-SSSSS-of-NNNNN.tfrecord.gz`; outputs one dict per shard.
+
+    `withheld`, if given, is a PCollection of (origin, anything): examples of those origins
+    are not written. The examples wait for the shard counts anyway (every size must be
+    known first), so withholding there costs no extra pass over them, and the shard counts
+    are summed from small (origin, split, bytes) records, never from the examples again.
+    """
+
+    def __init__(self, output_dir: str, target_shard_bytes: int, min_train_shards: int = DEFAULT_MIN_TRAIN_SHARDS,
+                 withheld: beam.PCollection | None = None):
         super().__init__()
         self._output_dir = output_dir
         self._target_shard_bytes = target_shard_bytes
         self._min_train_shards = min_train_shards
+        self._withheld = withheld
 
     def expand(self, examples):
         target, min_train_shards = self._target_shard_bytes, self._min_train_shards
@@ -93,19 +128,18 @@ class WriteShardedTFRecords(beam.PTransform):
         def count_shards(split: str, total_bytes: int) -> tuple[str, int]:
             return split, shard_count(total_bytes, target, min_train_shards if split == "train" else 1)
 
+        withheld = beam.pvalue.AsDict(self._withheld if self._withheld is not None
+                                      else examples.pipeline | "NothingWithheld" >> beam.Create([]))
         counts = (examples
-                  | "BytesPerSplit" >> beam.Map(lambda example: (example.split, len(example.serialized)))
+                  | "ExampleSizes" >> beam.Map(example_size)
+                  | "SizesKept" >> beam.Filter(size_kept, withheld=withheld)
+                  | "BytesPerSplit" >> beam.Map(lambda size: (size[1], size[2]))
                   | "SumBytes" >> beam.CombinePerKey(sum)
                   | "ShardCount" >> beam.MapTuple(count_shards))
-
-        def assign(example: EncodedExample, shard_counts: dict[str, int]):
-            order = shard_order_key(example)
-            count = shard_counts[example.split]
-            return (example.split, int(order[:15], 16) % count, count), (order, example.serialized)
-
         every_shard = counts | "EveryShard" >> beam.FlatMapTuple(
             lambda split, count: [((split, index, count), None) for index in range(count)])
-        records = examples | "AssignShard" >> beam.Map(assign, shard_counts=beam.pvalue.AsDict(counts))
+        records = examples | "AssignShard" >> beam.FlatMap(
+            assign_shard, shard_counts=beam.pvalue.AsDict(counts), withheld=withheld)
         return ({"shard": every_shard, "records": records}
                 | "GroupShards" >> beam.CoGroupByKey()
                 | "WriteShards" >> beam.ParDo(WriteShardFn(self._output_dir)))

@@ -141,6 +141,12 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def decode_png(png: bytes) -> np.ndarray:
+    """The pixels `encode_png` was given, bit for bit (the PNG is lossless)."""
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("L"))
+
+
 def frame_body(gray: np.ndarray) -> np.ndarray:
     """Trims uniform borders, then centre-crops to a square of the shorter side.
 

@@ -19,6 +19,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from beam_pipelines import (
     batch_predict,
+    example_codec,
     manifest,
     preprocess,
     rejections,
@@ -26,7 +27,7 @@ from beam_pipelines import (
     splitting,
     tfrecord_shards,
 )
-from beam_pipelines.records import PreparedImage, SourceImage
+from beam_pipelines.records import SourceImage
 from cxr_core import contract, imaging, selection
 from cxr_core.rejection import Rejection
 from synthetic import phantom
@@ -35,6 +36,7 @@ IMAGE_SIZE = 32
 FRACTIONS = {"train": 1.0, "val": 0.0, "test": 0.0}
 KEY = splitting.PatientKey(value="transform-test-key-of-enough-length")
 VIEWS = selection.parse_allowed_views(selection.DEFAULT_ALLOWED_VIEWS)
+MULTIPLIERS = {"normal": 3, "pneumonia": 2, "covid19": 5}
 
 
 def chest_png(tmp_path, name: str, label: str = "normal") -> str:
@@ -49,12 +51,20 @@ def source_image(uri: str, label: str = "normal", patient: str = "p1", key: str 
                        patient_id=patient, label=label)
 
 
-def prepared(split: str, label: str, image_id: str = "csv-abc") -> PreparedImage:
-    return PreparedImage(image_id=image_id, patient_key="f" * 64, split=split, label=label, source=sources.CSV,
-                         view="PA", pixels=np.full((IMAGE_SIZE, IMAGE_SIZE), 100, dtype=np.uint8))
+GRADIENT = np.linspace(0, 255, IMAGE_SIZE * IMAGE_SIZE).astype(np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE)
 
 
-def test_read_and_prepare_decodes_good_files_and_rejects_the_rest(beam_pipeline, tmp_path):
+def fields_of(label: str, image_id: str) -> example_codec.ExampleFields:
+    return example_codec.ExampleFields(label=label, image_id=image_id, source=sources.CSV, view="PA",
+                                       patient_id="f" * 64)
+
+
+def original(split: str, label: str, image_id: str) -> tfrecord_shards.EncodedExample:
+    return tfrecord_shards.EncodedExample(split, label, image_id, 0, example_codec.serialize_example(
+        GRADIENT, fields_of(label, image_id)), (sources.CSV, "--csv", 2))
+
+
+def test_read_and_encode_decodes_good_files_and_rejects_the_rest(beam_pipeline, tmp_path):
     good = chest_png(tmp_path, "good.png")
     not_an_image = str(tmp_path / "notes.png")
     with open(not_an_image, "w") as handle:
@@ -64,28 +74,38 @@ def test_read_and_prepare_decodes_good_files_and_rejects_the_rest(beam_pipeline,
     with beam_pipeline as pipeline:
         results = (pipeline
                    | beam.Create(listed)
-                   | beam.ParDo(preprocess.ReadAndPrepareFn(
-                       IMAGE_SIZE, KEY, FRACTIONS, imaging.DEFAULT_MAX_PIXELS, VIEWS)).with_outputs(
-                       rejections.REJECTED, main="prepared"))
-        assert_that(results.prepared | beam.Map(lambda image: (image.split, image.label, image.pixels.shape)),
-                    equal_to([("train", "normal", (IMAGE_SIZE, IMAGE_SIZE))]), label="Prepared")
+                   | beam.ParDo(preprocess.ReadAndEncodeFn(
+                       IMAGE_SIZE, KEY, FRACTIONS, imaging.DEFAULT_MAX_PIXELS, VIEWS, MULTIPLIERS,
+                       seed=1)).with_outputs(preprocess.ReadAndEncodeFn.SUMMARIES, rejections.REJECTED,
+                                             main="examples"))
+        assert_that(results[preprocess.ReadAndEncodeFn.SUMMARIES] | beam.Map(
+            lambda image: (image.split, image.label, image.line)), equal_to([("train", "normal", 0)]),
+            label="Summaries")
+        assert_that(results.examples | beam.Map(lambda example: (example.split, example.label, example.augmentation)),
+                    equal_to([("train", "normal", copy) for copy in range(MULTIPLIERS["normal"])]), label="Examples")
         assert_that(results[rejections.REJECTED] | beam.Map(lambda rejection: (rejection.stage, rejection.kind)),
                     equal_to([("read", "missing_file"), ("decode", "not_an_image")]), label="Rejected")
 
 
-def test_expand_examples_adds_copies_in_train_only(beam_pipeline):
-    multipliers = {"normal": 3, "pneumonia": 2, "covid19": 5}
-    images = [prepared("train", "normal", "csv-1"), prepared("val", "covid19", "csv-2"),
-              prepared("test", "pneumonia", "csv-3")]
+def test_augmented_copies_are_added_in_train_only_and_match_copies_made_from_the_pixels(beam_pipeline):
+    originals = [original("train", "normal", "csv-1"), original("val", "covid19", "csv-2"),
+                 original("test", "pneumonia", "csv-3")]
+    from_pixels = dict(example_codec.serialize_with_copies(GRADIENT, fields_of("normal", "csv-1"), 3, seed=1))
     with beam_pipeline as pipeline:
         examples = (pipeline
-                    | "Images" >> beam.Create(images)
-                    | beam.ParDo(preprocess.ExpandExamplesFn(seed=1),
+                    | "Originals" >> beam.Create(originals)
+                    | beam.ParDo(preprocess.AddAugmentedCopiesFn(seed=1),
                                  multipliers=beam.pvalue.AsSingleton(
-                                     pipeline | "Multipliers" >> beam.Create([multipliers]))))
-        assert_that(examples | beam.Map(lambda example: (example.split, example.key, example.augmentation)),
-                    equal_to([("train", "csv-1", 0), ("train", "csv-1", 1), ("train", "csv-1", 2),
-                              ("val", "csv-2", 0), ("test", "csv-3", 0)]))
+                                     pipeline | "Multipliers" >> beam.Create([MULTIPLIERS]))))
+        assert_that(examples | beam.Map(lambda example: (example.split, example.key, example.augmentation,
+                                                         example.origin)),
+                    equal_to([("train", "csv-1", 0, ("csv", "--csv", 2)), ("train", "csv-1", 1, ("csv", "--csv", 2)),
+                              ("train", "csv-1", 2, ("csv", "--csv", 2)), ("val", "csv-2", 0, ("csv", "--csv", 2)),
+                              ("test", "csv-3", 0, ("csv", "--csv", 2))]), label="Copies")
+        assert_that(examples
+                    | beam.Filter(lambda example: example.key == "csv-1")
+                    | beam.Map(lambda example: (example.augmentation, example.serialized)),
+                    equal_to(list(from_pixels.items())), label="SameBytes")
 
 
 def encoded(split: str, index: int, size: int) -> tfrecord_shards.EncodedExample:
@@ -110,20 +130,51 @@ def test_sharded_writer_sizes_and_names_the_shards(beam_pipeline, tmp_path):
     assert sorted(records) == sorted(example.serialized for example in examples if example.split == "train")
 
 
-def write_manifest(pipeline: beam.Pipeline, output_dir: str, staging_dir: str, examples: list, shards: list):
+def test_sharded_writer_withholds_the_examples_of_withheld_origins(beam_pipeline, tmp_path):
+    examples = [encoded("train", index, 1000)._replace(origin=("csv", "--csv", index)) for index in range(10)]
+    with beam_pipeline as pipeline:
+        withheld = pipeline | "Withheld" >> beam.Create([(("csv", "--csv", index), "duplicate") for index in (0, 1)])
+        shards = (pipeline
+                  | "Examples" >> beam.Create(examples)
+                  | tfrecord_shards.WriteShardedTFRecords(str(tmp_path), target_shard_bytes=4000,
+                                                         min_train_shards=1, withheld=withheld))
+        assert_that(shards | beam.Map(lambda shard: (shard["file"], shard["records"]))
+                    | beam.combiners.ToList() | beam.Map(lambda written: (len(written), sum(n for _, n in written))),
+                    equal_to([(2, 8)]))
+    records = [record for path in glob.glob(str(tmp_path / contract.shard_pattern("train")))
+               for record in tf.data.TFRecordDataset(path, compression_type=contract.TFRECORD_COMPRESSION)
+               .as_numpy_iterator()]
+    assert sorted(records) == sorted(example.serialized for example in examples[2:])
+
+
+def write_manifest(pipeline: beam.Pipeline, output_dir: str, staging_dir: str, examples: dict, shards: list):
     counts = {("train", "normal"): 2, ("val", "normal"): 1, ("test", "covid19"): 1}
+    tables = {"inputs": {"listed": 5}, "patients": counts, "originals": counts, "examples": examples,
+              "source_originals": {("site-a", "normal"): 3, ("rsna", "normal"): 1, ("covid", "covid19"): 1},
+              "rejected": {"read/missing_file": 1}, "notes": {"invalid_voi_window": 1}}
     side = {name: beam.pvalue.AsList(pipeline | f"Side{name}" >> beam.Create(values)) for name, values in {
-        "patients": list(counts.items()), "originals": list(counts.items()), "examples": examples,
-        "source_originals": [(("site-a", "normal"), 3), (("rsna", "normal"), 1), (("covid", "covid19"), 1)],
-        "rejected": [("read/missing_file", 1)], "shards": shards,
-        "rejected_files": ["rejected-00000-of-00001.jsonl"], "notes": [("invalid_voi_window", 1)]}.items()}
+        "shards": shards, "rejected_files": ["rejected-00000-of-00001.jsonl"]}.items()}
     return (pipeline
             | "Seed" >> beam.Create([None])
             | beam.ParDo(manifest.WriteManifestFn(output_dir, staging_dir, {"image_size": IMAGE_SIZE}),
                          multipliers=beam.pvalue.AsSingleton(
                              pipeline | "Multipliers" >> beam.Create([{"normal": 2, "pneumonia": 2, "covid19": 30}])),
-                         inputs_listed=beam.pvalue.AsSingleton(pipeline | "Listed" >> beam.Create([5])),
+                         counts=beam.pvalue.AsSingleton(pipeline | "Counts" >> beam.Create([tables])),
                          **side))
+
+
+def test_manifest_tables_are_counted_in_one_combine(beam_pipeline):
+    keys = [("inputs", "listed")] * 4 + [
+        ("originals", ("train", "normal")), ("originals", ("train", "normal")), ("originals", ("val", "covid19")),
+        ("patients", ("train", "normal", "p1")), ("patients", ("train", "normal", "p1")),
+        ("patients", ("train", "normal", "p2")), ("patients", ("val", "covid19", "p3")),
+        ("rejected", "read/missing_file"), ("notes", "invalid_voi_window")]
+    with beam_pipeline as pipeline:
+        counts = pipeline | beam.Create(keys) | beam.CombineGlobally(manifest.CountManifestTablesFn())
+        assert_that(counts, equal_to([{
+            "inputs": {"listed": 4}, "originals": {("train", "normal"): 2, ("val", "covid19"): 1},
+            "patients": {("train", "normal"): 2, ("val", "covid19"): 1}, "source_originals": {}, "examples": {},
+            "rejected": {"read/missing_file": 1}, "notes": {"invalid_voi_window": 1}}]))
 
 
 def staged_shards(staging_dir, records_per_split: dict[str, int]) -> list[dict]:
@@ -139,7 +190,7 @@ def staged_shards(staging_dir, records_per_split: dict[str, int]) -> list[dict]:
 def test_manifest_writer_writes_the_counts_it_is_given_and_moves_the_shards_in(beam_pipeline, tmp_path):
     staging_dir = tmp_path / "staging"
     shards = staged_shards(staging_dir, {"train": 4, "val": 1, "test": 1})
-    examples = [(("train", "normal"), 4), (("val", "normal"), 1), (("test", "covid19"), 1)]
+    examples = {("train", "normal"): 4, ("val", "normal"): 1, ("test", "covid19"): 1}
     with beam_pipeline as pipeline:
         written = write_manifest(pipeline, str(tmp_path), str(staging_dir), examples, shards)
         assert_that(written | beam.Map(lambda written_manifest: written_manifest["inputs"]),
@@ -164,7 +215,7 @@ def test_manifest_writer_writes_the_counts_it_is_given_and_moves_the_shards_in(b
 def test_manifest_writer_leaves_the_shards_staged_when_examples_are_missing_from_them(beam_pipeline, tmp_path):
     staging_dir = tmp_path / "staging"
     shards = staged_shards(staging_dir, {"train": 3, "val": 1, "test": 1})
-    examples = [(("train", "normal"), 4), (("val", "normal"), 1), (("test", "covid19"), 1)]
+    examples = {("train", "normal"): 4, ("val", "normal"): 1, ("test", "covid19"): 1}
     with pytest.raises(Exception, match="4 train examples encoded but 3 written to its shards"):
         with beam_pipeline as pipeline:
             write_manifest(pipeline, str(tmp_path), str(staging_dir), examples, shards)
@@ -286,3 +337,16 @@ def test_shard_writer_writes_one_shard_in_record_order(beam_pipeline, tmp_path):
     path = str(tmp_path / contract.shard_name("test", 1, 2))
     assert list(tf.data.TFRecordDataset(path, compression_type=contract.TFRECORD_COMPRESSION)
                 .as_numpy_iterator()) == [b"first", b"second"]
+
+
+def test_rejected_records_are_written_sorted_to_one_file(beam_pipeline, tmp_path):
+    lines = ['{"line": 3}', '{"line": 1}', '{"line": 2}']
+    path = str(tmp_path / rejections.REJECTED_FILE)
+    with beam_pipeline as pipeline:
+        written = (pipeline
+                   | beam.Create(lines)
+                   | beam.combiners.ToList()
+                   | beam.ParDo(rejections.WriteRejectedFn(path)))
+        assert_that(written, equal_to([path]))
+    assert (tmp_path / rejections.REJECTED_FILE).read_bytes() == b'{"line": 1}\n{"line": 2}\n{"line": 3}\n'
+    assert os.listdir(tmp_path) == [rejections.REJECTED_FILE], "no temporary file is left behind"

@@ -426,3 +426,9 @@ def test_a_bitmap_body_is_stretched_like_a_dicom_whatever_its_margins():
     plain, in_a_figure = (imaging.preprocess_image(imaging.encode_png(image), 32).pixels for image in (body, framed))
     assert int(plain.max()) - int(plain.min()) > 180 - 60, "the body's own percentiles set its contrast"
     np.testing.assert_array_equal(plain, in_a_figure)
+
+
+def test_decode_png_gives_back_the_encoded_pixels_bit_for_bit():
+    pixels = np.random.default_rng(3).integers(0, 256, (37, 41), dtype=np.uint8)
+    decoded = imaging.decode_png(imaging.encode_png(pixels))
+    assert decoded.dtype == np.uint8 and np.array_equal(decoded, pixels)

@@ -16,16 +16,15 @@ import subprocess
 import sys
 
 import apache_beam as beam
-import numpy as np
 import pydicom
 import pytest
 import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 from pydicom.data import get_testdata_file
 
-from beam_pipelines import preprocess, rejections, splitting
+from beam_pipelines import example_codec, preprocess, rejections, splitting
 from beam_pipelines.options import build_pipeline_options
-from beam_pipelines.records import PreparedImage, SourceImage
+from beam_pipelines.records import ImageSummary, SourceImage
 from cxr_core import contract, imaging, pseudonyms, selection
 from synthetic import dicom_writer, phantom
 from synthetic import pipeline as synthesize
@@ -322,8 +321,8 @@ def test_translates_to_a_dataflow_job_offline(raw_dir, tmp_path):
     job = result.job
     assert job.proto.name == "cxr-preprocess-test"
     names = {transform.unique_name for transform in job.proto_pipeline.components.transforms.values()}
-    assert {"ListSources", "FanOut", "ReadAndPrepare", "DropDuplicateImages", "ExpandAndEncode", "WriteShards",
-            "WriteRejected", "WriteManifest"} <= names
+    assert {"ListSources", "FanOut", "ReadAndEncode", "DropDuplicateImages", "WriteShards", "WriteRejected",
+            "WriteManifest"} <= names
     assert options.view_as(beam.options.pipeline_options.SetupOptions).setup_file.endswith("setup.py")
 
 
@@ -331,6 +330,7 @@ def test_translates_to_a_dataflow_job_offline(raw_dir, tmp_path):
 
 FRACTIONS = splitting.parse_split("0.8,0.1,0.1")
 FRONTAL = selection.parse_allowed_views(selection.DEFAULT_ALLOWED_VIEWS)
+ORIGINALS_ONLY = {name: 1 for name in contract.CLASS_NAMES}
 
 
 def listed(uri: str, line: int, image_key: str = "", label: str = "normal", patient: str = "p") -> SourceImage:
@@ -350,7 +350,12 @@ def chest_dicom(path, seed: int, **header) -> bytes:
     return buffer.getvalue()
 
 
-def test_read_and_prepare_keeps_frontal_radiographs_and_rejects_the_rest(beam_pipeline, tmp_path):
+def view_and_shape(example) -> tuple[str, tuple[int, ...]]:
+    fields, png = example_codec.fields_and_png(example.serialized)
+    return fields.view, imaging.decode_png(png).shape
+
+
+def test_read_and_encode_keeps_frontal_radiographs_and_rejects_the_rest(beam_pipeline, tmp_path):
     data = chest_dicom(tmp_path / "pa.dcm", 1)
     chest_dicom(tmp_path / "lateral.dcm", 2, ViewPosition="LL")
     chest_dicom(tmp_path / "ct.dcm", 3, Modality="CT")
@@ -363,13 +368,15 @@ def test_read_and_prepare_keeps_frontal_radiographs_and_rejects_the_rest(beam_pi
         return pseudonyms.pseudonymous_image_id(PATIENT_KEY, "csv", name)
 
     with beam_pipeline as pipeline:
-        result = (pipeline | beam.Create(images) | beam.ParDo(preprocess.ReadAndPrepareFn(
-            IMAGE_SIZE, key, FRACTIONS, max_pixels=1000 * 1000, allowed_views=FRONTAL)).with_outputs(
-                rejections.REJECTED, main="prepared"))
-        assert_that(result.prepared | beam.Map(lambda image: (
-            image.line, image.image_id, image.content_hash, image.view, image.pixels.shape)), equal_to([
-                (2, image_id("pa.dcm"), hashlib.sha256(data).hexdigest(), "PA", (IMAGE_SIZE, IMAGE_SIZE))]),
-            label="Prepared")
+        result = (pipeline | beam.Create(images) | beam.ParDo(preprocess.ReadAndEncodeFn(
+            IMAGE_SIZE, key, FRACTIONS, max_pixels=1000 * 1000, allowed_views=FRONTAL, copies=ORIGINALS_ONLY,
+            seed=1)).with_outputs(preprocess.ReadAndEncodeFn.SUMMARIES, rejections.REJECTED, main="examples"))
+        assert_that(result[preprocess.ReadAndEncodeFn.SUMMARIES] | beam.Map(lambda image: (
+            image.line, image.image_id, image.content_hash)), equal_to([
+                (2, image_id("pa.dcm"), hashlib.sha256(data).hexdigest())]), label="Summaries")
+        assert_that(result.examples | beam.Map(lambda example: (example.origin, example.key, *view_and_shape(example))),
+                    equal_to([(("csv", "--csv", 2), image_id("pa.dcm"), "PA", (IMAGE_SIZE, IMAGE_SIZE))]),
+                    label="Examples")
         assert_that(result[rejections.REJECTED] | beam.Map(
             lambda item: (item.line, item.stage, item.kind, item.image_id)), equal_to([
                 (3, "select", "view_not_allowed", image_id("lateral.dcm")),
@@ -386,17 +393,17 @@ def test_an_io_error_other_than_not_found_fails_the_bundle_naming_the_row_not_th
     with pytest.raises(Exception) as raised:
         with beam_pipeline as pipeline:
             _ = (pipeline | beam.Create([listed(str(folder), 7)])
-                 | beam.ParDo(preprocess.ReadAndPrepareFn(IMAGE_SIZE, splitting.PatientKey(PATIENT_KEY), FRACTIONS,
-                                                          imaging.DEFAULT_MAX_PIXELS, FRONTAL)))
+                 | beam.ParDo(preprocess.ReadAndEncodeFn(IMAGE_SIZE, splitting.PatientKey(PATIENT_KEY), FRACTIONS,
+                                                          imaging.DEFAULT_MAX_PIXELS, FRONTAL, ORIGINALS_ONLY, 1)))
     message = str(raised.value)
     assert "IsADirectoryError" in message and f"the image listed at line 7 of --csv ({image_id})" in message
     assert "Jane-Doe" not in message
 
 
-def prepared(source: str, line: int, label: str, content: str, patient: str) -> PreparedImage:
-    return PreparedImage(image_id=f"{source}-{line}", patient_key=f"key-{patient}", split="train", label=label,
-                         source=source, view="", pixels=np.zeros((2, 2), np.uint8), content_hash=content,
-                         patient_match_key=patient, listing="--csv" if source == "csv" else "metadata.csv", line=line)
+def prepared(source: str, line: int, label: str, content: str, patient: str) -> ImageSummary:
+    return ImageSummary(image_id=f"{source}-{line}", source=source,
+                        listing="--csv" if source == "csv" else "metadata.csv", line=line, label=label, split="train",
+                        patient_key=f"key-{patient}", patient_match_key=patient, content_hash=content)
 
 
 def test_duplicates_are_used_once_and_conflicting_listings_not_at_all(beam_pipeline):
@@ -409,8 +416,12 @@ def test_duplicates_are_used_once_and_conflicting_listings_not_at_all(beam_pipel
     ]
     with beam_pipeline as pipeline:
         result = pipeline | beam.Create(images) | preprocess.DropDuplicateImages()
-        assert_that(result.unique | beam.Map(lambda image: (image.source, image.line)), equal_to([
+        assert_that(result["unique"] | beam.Map(lambda image: (image.source, image.line)), equal_to([
             ("csv", 2), ("csv", 3), ("covid", 9)]), label="Unique")
+        assert_that(result["verdicts"] | beam.Map(lambda verdict: (verdict[0], verdict[1][0])), equal_to([
+            (("csv", "--csv", 4), "duplicate"), (("csv", "--csv", 5), "duplicate_conflict"),
+            (("csv", "--csv", 6), "duplicate_conflict"), (("csv", "--csv", 7), "duplicate_conflict"),
+            (("csv", "--csv", 8), "duplicate_conflict"), (("csv", "--csv", 10), "duplicate")]), label="Verdicts")
         assert_that(result[rejections.REJECTED] | beam.Map(
             lambda item: (item.source, item.line, item.stage, item.kind)), equal_to([("csv", 4, "dedupe", "duplicate"),
                               ("csv", 5, "dedupe", "duplicate_conflict"), ("csv", 6, "dedupe", "duplicate_conflict"),
