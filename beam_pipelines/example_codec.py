@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from cxr_core.demographics import UNKNOWN
 from cxr_core import augmentation, contract, imaging
+from cxr_core.demographics import UNKNOWN
 
 _Field = descriptor_pb2.FieldDescriptorProto
 
