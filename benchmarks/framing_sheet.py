@@ -15,6 +15,7 @@ repository. `make real-data` writes the sheet of every class next to its outputs
 
 import argparse
 import csv
+import io
 import os
 
 import numpy as np
@@ -54,7 +55,7 @@ def cell(path: str, label: str) -> Image.Image:
     """Before (outlined) and after, side by side, over a caption."""
     with open(path, "rb") as handle:
         data = handle.read()
-    gray = np.asarray(Image.open(path).convert("L"))
+    gray = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
     top, bottom, left, right = imaging.body_box(gray)
     square_top, square_left, side = imaging.body_square(gray)
     before = Image.fromarray(gray).convert("RGB")
@@ -68,7 +69,7 @@ def cell(path: str, label: str) -> Image.Image:
     tile = Image.new("RGB", (2 * THUMBNAIL + 2, THUMBNAIL + CAPTION), "white")
     tile.paste(before, ((THUMBNAIL - before.width) // 2, (THUMBNAIL - before.height) // 2))
     tile.paste(after, (THUMBNAIL + 2, 0))
-    ImageDraw.Draw(tile).text((2, THUMBNAIL + 1), f"{label}, {side * side / gray.size:.0%} kept", fill="black")
+    ImageDraw.Draw(tile).text((2, THUMBNAIL + 1), f"{label}, {kept_share(gray):.0%} kept", fill="black")
     return tile
 
 
