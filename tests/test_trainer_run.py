@@ -66,9 +66,9 @@ def test_every_trainer_output_goes_through_tensorflows_filesystem_api(data_dir):
     assert list(run["config"]) == [
         "data_dir", "job_dir", "checkpoint_dir", "tensorboard_dir", "image_size", "batch_size", "stage1_epochs",
         "stage2_epochs", "stage1_learning_rate", "stage2_learning_rate", "warmup_steps", "learning_rate_decay",
-        "weights", "auxiliary_loss_weight", "head_learning_rate_scale", "class_weight", "mixed_precision", "jit_compile",
-        "steps_per_epoch", "steps_per_loop", "checkpoint_every_loops", "keep_checkpoints", "cache", "cache_budget_gb",
-        "decision_rule", "min_sensitivity", "seed"]
+        "weights", "auxiliary_loss_weight", "head_learning_rate_scale", "class_weight", "mixed_precision",
+        "jit_compile", "steps_per_epoch", "steps_per_loop", "checkpoint_every_loops", "keep_checkpoints", "cache",
+        "cache_budget_gb", "decision_rule", "min_sensitivity", "seed"]
     assert (run["config"]["job_dir"], run["config"]["auxiliary_loss_weight"]) == (
         job_dir, model.FROM_SCRATCH_AUXILIARY_LOSS_WEIGHT)  # The value the run used, not the flag's None.
     served = model_store.load(job_dir)
