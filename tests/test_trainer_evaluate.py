@@ -152,8 +152,10 @@ def test_a_csv_of_raw_images_is_read_with_the_jobs_rules_and_decoded_as_serving_
         Image.fromarray(pixels[:, 20:180]).save(images / f"{index}.png")  # Not square: framing is part of it.
         rows.append([f"images/{index}.png", label, f"p{index // 2}", "PA", ("site-a", "site-b")[index % 2],
                      sexes[index], ages[index]])
-    rows += [["images/0.png", "normal", "nan", "PA", "", "", ""], ["images/1.png", "fracture", "p9", "PA", "", "", ""],
-             ["images/2.png", "normal", "p8", "LATERAL", "", "", ""], ["images/missing.png", "normal", "p7", "", "", "", ""]]
+    rows += [["images/0.png", "normal", "nan", "PA", "", "", ""],
+             ["images/1.png", "fracture", "p9", "PA", "", "", ""],
+             ["images/2.png", "normal", "p8", "LATERAL", "", "", ""],
+             ["images/missing.png", "normal", "p7", "", "", "", ""]]
     with open(tmp_path / "labels.csv", "w", newline="") as handle:
         csv.writer(handle).writerows(rows)
     data, left_out = evaluation_set.read_csv("external", str(tmp_path / "labels.csv"), IMAGE_SIZE)

@@ -115,8 +115,9 @@ def test_every_flag_reaches_its_config_field(local):
     values = {"data_dir": "gs://bucket/records", "job_dir": "gs://bucket/job", "image_size": 64, "batch_size": 8,
               "stage1_epochs": 3, "stage2_epochs": 4, "stage1_learning_rate": 2e-3, "stage2_learning_rate": 3e-4,
               "warmup_steps": 7, "learning_rate_decay": "cosine", "weights": "none", "auxiliary_loss_weight": 0.5,
-              "head_learning_rate_scale": 0.25, "class_weight": "balanced", "mixed_precision": "float16", "jit_compile": True, "steps_per_epoch": 9,
-              "steps_per_loop": 5, "checkpoint_every_loops": 2, "keep_checkpoints": 3, "cache": "memory",
+              "head_learning_rate_scale": 0.25, "class_weight": "balanced", "mixed_precision": "float16",
+              "jit_compile": True, "steps_per_epoch": 9, "steps_per_loop": 5, "checkpoint_every_loops": 2,
+              "keep_checkpoints": 3, "cache": "memory",
               "cache_budget_gb": 1.5, "decision_rule": "target:covid19:specificity:0.9",
               "min_sensitivity": "pneumonia=0.8", "seed": 7}
     defaults = {setting.name: setting.default for setting in config.settings(config.TrainConfig)}
