@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import sklearn.exceptions
 import sklearn.metrics
+from scored_splits import scored_split
 
 from cxr_core import contract, decision_rule
 from trainer import metrics as metrics_lib
@@ -24,17 +25,6 @@ def probabilities_for(predicted: np.ndarray) -> np.ndarray:
     """0.8 for the predicted class, 0.1 for the others."""
     return 0.1 + 0.7 * np.eye(3, dtype=np.float32)[predicted]
 
-
-def scored_split(num_patients: int = 60, images_per_patient: int = 1, seed: int = 0):
-    """Labels, informative but imperfect probabilities and patient ids; a patient's images share a label."""
-    rng = np.random.default_rng(seed)
-    patient_labels = np.arange(num_patients) % 3
-    labels = np.repeat(patient_labels, images_per_patient)
-    patients = np.repeat(np.array([f"p{index}" for index in range(num_patients)]), images_per_patient)
-    logits = rng.normal(0.0, 1.0, (num_patients, 3))[np.repeat(np.arange(num_patients), images_per_patient)]
-    logits[np.arange(len(labels)), labels] += 1.2
-    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    return labels, probabilities, patients
 
 
 def random_split(seed: int, size: int, ties: bool):

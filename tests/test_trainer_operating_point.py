@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
+from scored_splits import scored_split
 
 from cxr_core import decision_rule
 from serving import export
@@ -15,15 +16,6 @@ from trainer import operating_point
 TRAIN_COUNTS = (10, 10, 80)
 VAL_LABELS = np.array([0] * 45 + [1] * 45 + [2] * 10)
 
-
-def scored_split(num_patients: int, seed: int = 0):
-    """Labels, informative but imperfect probabilities and patient ids, one image per patient."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(num_patients) % 3
-    logits = rng.normal(0.0, 1.0, (num_patients, 3))
-    logits[np.arange(num_patients), labels] += 1.2
-    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    return labels, probabilities, np.array([f"p{index}" for index in range(num_patients)])
 
 
 def test_prior_correction_undoes_an_over_represented_training_class():

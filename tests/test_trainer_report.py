@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from scored_splits import scored_split
 
 from cxr_core import decision_rule
 from trainer import intervals, operating_point, report
@@ -20,15 +21,6 @@ def probabilities_for(predicted: np.ndarray) -> np.ndarray:
     """0.8 for the predicted class, 0.1 for the others."""
     return 0.1 + 0.7 * np.eye(3, dtype=np.float32)[predicted]
 
-
-def scored_split(num_patients: int = 60, seed: int = 0):
-    """Labels, informative but imperfect probabilities and patient ids, one image per patient."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(num_patients) % 3
-    logits = rng.normal(0.0, 1.0, (num_patients, 3))
-    logits[np.arange(num_patients), labels] += 1.2
-    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    return labels, probabilities, np.array([f"p{index}" for index in range(num_patients)])
 
 
 def test_write_report_writes_metrics_and_figures(tmp_path):
