@@ -40,7 +40,7 @@ from PIL import Image, ImageFile
 from beam_pipelines import example_codec, preprocess, reading, sources, splitting
 from beam_pipelines.options import build_pipeline_options
 from beam_pipelines.tfrecord_shards import COMPRESSION
-from benchmarks import process_tree, rsna_layout
+from benchmarks import machine, process_tree, rsna_layout
 from cxr_core import augmentation, contract, imaging, pseudonyms
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -636,7 +636,8 @@ def report(conditions: str, loop: dict[int, tuple[float, float]], jobs: list[Job
 def conditions_line(workers: int, image_size: int, mean_file_kb: float, load_before: float, note: str) -> str:
     load_after = os.getloadavg()[0]
     return ((f"**{note}** " if note else "")
-            + f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()}, {os.cpu_count()} cores, "
+            + f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {machine.cpu_name()} ({platform.machine()}), "
+            f"{os.cpu_count()} cores, "
             f"CPython {platform.python_version()}, {workers} local workers (FnApiRunner); 1-minute load average "
             f"{load_before:.1f} before and {load_after:.1f} after the runs (above {os.cpu_count()} means other work "
             f"shared the cores and wall times are pessimistic). Files: 1024² 8-bit JPEG Baseline DICOMs, mean "

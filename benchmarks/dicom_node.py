@@ -41,7 +41,7 @@ import requests
 import tensorflow as tf
 from pynetdicom import AE
 
-from benchmarks import input_pipeline as input_benchmark
+from benchmarks import machine
 from cxr_core import contract
 from serving import audit, dicom_node, export, gradcam, model_store, pacs, study_analysis
 from synthetic import dicom_writer, phantom
@@ -188,7 +188,7 @@ def report(results: list[dict], args: argparse.Namespace, load: str) -> str:
     lines = [
         "## DICOM node (cxr-node against Orthanc)",
         "",
-        f"Measured {datetime.date.today().isoformat()} on {input_benchmark.cpu_name()}, {os.cpu_count()} logical "
+        f"Measured {datetime.date.today().isoformat()} on {machine.cpu_name()}, {os.cpu_count()} logical "
         f"CPU(s), TensorFlow {tf.__version__}, by `python -m benchmarks.dicom_node`: {args.studies} single-image "
         f"studies per configuration, synthetic 8-bit JPEG Baseline CR DICOMs of {args.study_side}² pixels, an "
         f"untrained ResNet50 at {args.image_size}² (prediction and Grad-CAM cost what a trained one costs), Orthanc "

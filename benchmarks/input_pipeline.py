@@ -17,13 +17,13 @@ Without --data_dir it writes its own phantom TFRecords (`synthetic.records`).
 import argparse
 import datetime
 import os
-import platform
 import time
 from collections.abc import Iterator
 
 import keras
 import tensorflow as tf
 
+from benchmarks import machine
 from cxr_core import contract
 from synthetic import records as synthetic_records
 from trainer import input_pipeline, model
@@ -40,17 +40,6 @@ WARM_UP_STEPS = 3
 PUBLISHED_IMAGES_PER_SECOND_224 = {"A100 40GB": 2375, "V100 16GB": 1270}
 GPUS = 8
 A2_HIGHGPU_8G_CORES = 48  # Google Cloud's 8×A100 machine type: 96 vCPUs = 48 physical cores.
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def train_split(data_dir: str | None, work_dir: str, image_size: int) -> input_pipeline.SplitData:
@@ -133,7 +122,7 @@ def report(image_size: int, batch_size: int, num_records: int, num_shards: int, 
     lines = [
         "## Trainer input pipeline (tf.data)",
         "",
-        f"Measured {datetime.date.today().isoformat()} on {cpu_name()}, {cores} logical CPU(s), "
+        f"Measured {datetime.date.today().isoformat()} on {machine.cpu_name()}, {cores} logical CPU(s), "
         f"TensorFlow {tf.__version__}, by `python -m benchmarks.input_pipeline`: {num_records} "
         f"records of {image_size}² PNGs in {num_shards} GZIP shards. Load average before the run: {load} "
         "(other processes may share the machine; a 1-minute figure near or above the core count means they did).",

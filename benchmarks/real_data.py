@@ -16,6 +16,7 @@ import platform
 import subprocess
 import time
 
+from benchmarks import machine
 from cxr_core import contract
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,6 +26,8 @@ WITHIN_CLASS = "pneumonia"  # Within NIH there is no COVID-19: pneumonia vs the 
 TARGET_WITHIN_AUC = 0.85
 TARGET_COVID_SENSITIVITY = 0.90
 AUDIT_FILE = "shortcut_audit.json"
+# The trainer settings (model/config.json) that BENCHMARKS.md names beside the figures.
+RECIPE_FIELDS = ("image_size", "stage2_epochs", "learning_rate_decay")
 PAPER = ("Ozturk et al. 2020 (DarkCovidNet) on the same 1,125 images: 87.02% three-class accuracy and 98.08% "
          "COVID-19 vs no findings, by 5-fold cross-validation over images")
 
@@ -56,7 +59,9 @@ def summarize(real_dir: str) -> dict:
     metrics = _read_json(os.path.join(real_dir, "model", "eval", "metrics.json")) or {}
     audit = _read_json(os.path.join(real_dir, "model", "eval", AUDIT_FILE))
     external = (_read_json(os.path.join(real_dir, "external", "metrics.json")) or {}).get("external", {})
-    summary = {"warnings": manifest.get("warnings", []), "key_fingerprint": manifest.get("patient_key_fingerprint")}
+    config = _read_json(os.path.join(real_dir, "model", "config.json")) or {}
+    summary = {"warnings": manifest.get("warnings", []), "key_fingerprint": manifest.get("patient_key_fingerprint"),
+               "recipe": {name: config.get(name) for name in RECIPE_FIELDS}}
     for split in ("val", "test"):
         split_metrics = metrics.get(split, {})
         within = split_metrics.get("by_source", {}).get(WITHIN_SOURCE, {}).get("per_class", {}).get(WITHIN_CLASS)
@@ -115,13 +120,15 @@ def section(results: list[tuple[str, dict, float]], machine: str) -> str:
     means = [summary["test"]["within_nih_auc"][0] for _, summary, _ in results
              if summary["test"]["within_nih_auc"][0] is not None]
     mean_text = f"{sum(means) / len(means):.3f}" if means else "n/a"
+    recipe = results[0][1]["recipe"]
     return "\n".join([
         "## Real chest X-rays (`make real-data`)",
         "",
         f"Measured {machine}. `../shared/real-cxr` (1,124 images: 500 NIH No Finding, 500 NIH Pneumonia, 124 "
         "ieee8023 COVID-19), split 0.6/0.2/0.2 by patient under each key, the `make real-data` recipe "
-        "(Makefile: ResNet50 + the seed head from random weights on the CPU). The external column is "
-        "`../shared/real-cxr-figure1` (33 COVID-19 images of another collection), scored by the exported "
+        f"(Makefile: ResNet50 + the seed head from random weights on the CPU, {recipe['image_size']}², "
+        f"{recipe['stage2_epochs']} epochs, learning rate decay {recipe['learning_rate_decay']}). The external "
+        "column is `../shared/real-cxr-figure1` (33 COVID-19 images of another collection), scored by the exported "
         "model. 95% intervals; the pixel baseline is logistic regression on 32×32 standardised thumbnails "
         "fitted on the same train split (`trainer/pixel_baseline.py`).",
         "",
@@ -151,9 +158,9 @@ def main(argv: list[str] | None = None) -> str:
         print(text)
         return text
     results = [run_key(key, args.work_dir) for key in KEYS]
-    machine = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
-               f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
-    return section(results, machine)
+    conditions = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine.cpu_name()} "
+                  f"({platform.machine()}), {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
+    return section(results, conditions)
 
 
 if __name__ == "__main__":

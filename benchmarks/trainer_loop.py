@@ -29,7 +29,7 @@ import time
 import keras
 import tensorflow as tf
 
-from benchmarks import input_pipeline as input_benchmark
+from benchmarks import machine
 from synthetic import records as synthetic_records
 from trainer import distribution, input_pipeline, model, optimization, train
 
@@ -104,7 +104,7 @@ def report(results: dict, image_size: int, batch_size: int, steps: int, rounds: 
     lines = [
         "## Trainer loop against Keras fit",
         "",
-        f"Measured {datetime.date.today().isoformat()} on {input_benchmark.cpu_name()}, {os.cpu_count()} logical "
+        f"Measured {datetime.date.today().isoformat()} on {machine.cpu_name()}, {os.cpu_count()} logical "
         f"CPU(s), TensorFlow {results['tensorflow']}, by `python -m benchmarks.trainer_loop`: stage 2 (whole "
         f"network, random weights) at {image_size}², {REPLICAS} logical CPU replicas × batch {batch_size} = global "
         f"batch {results['global_batch_size']}, {results['records']} phantom records, {rounds} interleaved runs of "
