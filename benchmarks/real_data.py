@@ -59,7 +59,7 @@ def summarize(real_dir: str) -> dict:
     metrics = _read_json(os.path.join(real_dir, "model", "eval", "metrics.json")) or {}
     audit = _read_json(os.path.join(real_dir, "model", "eval", AUDIT_FILE))
     external = (_read_json(os.path.join(real_dir, "external", "metrics.json")) or {}).get("external", {})
-    config = _read_json(os.path.join(real_dir, "model", "config.json")) or {}
+    config = (_read_json(os.path.join(real_dir, "model", "config.json")) or {}).get("config", {})
     summary = {"warnings": manifest.get("warnings", []), "key_fingerprint": manifest.get("patient_key_fingerprint"),
                "recipe": {name: config.get(name) for name in RECIPE_FIELDS}}
     for split in ("val", "test"):
