@@ -80,9 +80,9 @@ real-data: install
 	@$(PYTHON) -m beam_pipelines.preprocess --csv $(REAL_CXR)/labels.csv --output_dir $(REAL_DIR)/tfrecords \
 		--image_size $(REAL_IMAGE_SIZE) --augment auto --split 0.6,0.2,0.2 --patient_key $(REAL_KEY) \
 		$(LOCAL_BEAM) $(QUIET_TF)
-	@echo "==> 2/3 train ResNet50 from random weights on the CPU into $(REAL_DIR)/model/ (about 20 minutes on 2 cores at 128²)"
-	@# The demo's recipe at 128² over 20 epochs with a cosine decay (docs/trainer.md, "Real chest X-rays"); the default rule calls
-	@# COVID-19 from the threshold that finds 95% of val's cases.
+	@echo "==> 2/3 train ResNet50 from random weights on the CPU into $(REAL_DIR)/model/ (about 23 minutes on 2 cores at 128²)"
+	@# The demo's recipe at 128² over 20 epochs with a cosine decay (docs/trainer.md, "Real chest X-rays");
+	@# the default rule calls COVID-19 from the threshold that finds 95% of val's cases.
 	@$(PYTHON) -m trainer.task --data_dir $(REAL_DIR)/tfrecords --job_dir $(REAL_DIR)/model \
 		--image_size $(REAL_IMAGE_SIZE) --batch_size 32 --stage1_epochs 0 --stage2_epochs $(REAL_EPOCHS) \
 		--stage2_learning_rate 1e-3 --learning_rate_decay cosine --steps_per_loop 25 --weights none $(QUIET_TF)
