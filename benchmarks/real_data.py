@@ -110,7 +110,7 @@ def run_key(key: str, work_dir: str) -> tuple[str, dict, float]:
     return real_dir, summarize(real_dir), (time.monotonic() - started) / 60
 
 
-def section(results: list[tuple[str, dict, float]], machine: str) -> str:
+def section(results: list[tuple[str, dict, float]], conditions: str) -> str:
     rows = []
     for key, (real_dir, summary, minutes) in zip(KEYS, results):
         test, val = summary["test"], summary["val"]
@@ -124,7 +124,7 @@ def section(results: list[tuple[str, dict, float]], machine: str) -> str:
     return "\n".join([
         "## Real chest X-rays (`make real-data`)",
         "",
-        f"Measured {machine}. `../shared/real-cxr` (1,124 images: 500 NIH No Finding, 500 NIH Pneumonia, 124 "
+        f"Measured {conditions}. `../shared/real-cxr` (1,124 images: 500 NIH No Finding, 500 NIH Pneumonia, 124 "
         "ieee8023 COVID-19), split 0.6/0.2/0.2 by patient under each key, the `make real-data` recipe "
         f"(Makefile: ResNet50 + the seed head from random weights on the CPU, {recipe['image_size']}², "
         f"{recipe['stage2_epochs']} epochs, learning rate decay {recipe['learning_rate_decay']}). The external "
