@@ -27,6 +27,16 @@ def test_wilson_interval_of_nothing_is_undefined():
     assert intervals.wilson_interval(0, 0) is None
 
 
+@pytest.mark.parametrize("rate, cases", [(0.5, 4), (0.8, 16), (0.9, 35), (0.95, 73)])
+def test_cases_to_show_a_rate_is_the_fewest_whose_interval_clears_it(rate, cases):
+    assert intervals.cases_to_show(rate) == cases
+    assert intervals.wilson_interval(cases, cases)[0] >= rate > intervals.wilson_interval(cases - 1, cases - 1)[0]
+
+
+def test_no_number_of_cases_shows_a_rate_of_one():
+    assert intervals.cases_to_show(1.0) is None
+
+
 def test_resampling_draws_patients_not_images():
     patients = np.array(["a", "a", "a", "b", "c", "c"])
     weights = np.concatenate(list(intervals.patient_resample_weights(patients, resamples=300, seed=1)))

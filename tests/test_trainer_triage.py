@@ -66,7 +66,22 @@ def test_the_floor_warnings_follow_the_checks():
     below = triage.check_floors(at_rule, {"covid19": 0.9})
     assert triage.format_floor_warnings(below).splitlines() == [
         "DECISION RULE", "=============", f"WARNING: {below[0].warning()}"]
-    met = triage.check_floors(at_rule, {"normal": 0.9, "covid19": 0.8})
+    met = triage.check_floors(at_rule, {"normal": 0.9, "pneumonia": 0.8})
     assert triage.format_floor_warnings(met).splitlines()[2] == (
-        "every sensitivity floor met on val (normal 0.9, covid19 0.8)")
+        "every sensitivity floor met on val (normal 0.9, pneumonia 0.8)")
     assert triage.format_floor_warnings([]).splitlines()[2] == "no sensitivity floor set (--min_sensitivity)"
+
+
+def test_a_floor_reached_on_too_few_images_is_met_but_not_shown():
+    """16 of 20 reach a floor of 0.8, but 0.80 [0.58–0.92] cannot show it; 40 of 40 show 0.9 (lower bound 0.91)."""
+    at_argmax = classification_metrics(LABELS, probabilities(), resamples=0)
+    unshown, shown = triage.check_floors(at_argmax, {"covid19": 0.8, "normal": 0.9})
+    assert not unshown.below and not unshown.shown and unshown.status == "met, not shown by its interval"
+    assert unshown.warning() == (
+        "the decision rule's val sensitivity for covid19 is 0.80 [0.58–0.92]: at the floor 0.8 "
+        "(--min_sensitivity), but its interval reaches below it; it takes 16 covid19 images in val, all found, "
+        "to show it: on new patients the rule may catch fewer")
+    assert shown.shown and shown.status == "met" and shown.warning() is None
+    assert triage.format_floor_warnings([unshown, shown]).splitlines()[2:] == [f"WARNING: {unshown.warning()}"]
+    (certain,) = triage.check_floors(at_argmax, {"normal": 1.0})
+    assert not certain.shown and "no number of images shows a floor of 1" in certain.warning()

@@ -180,7 +180,8 @@ class TrainConfig:
         triage.DEFAULT_DECISION_RULE, check=decision_rule.parse_decision_rule)
     min_sensitivity: str = setting(
         "Sensitivity floors per class, class=value pairs (empty for none): the report opens with a warning when the "
-        "decision rule's val sensitivity for a class is below its floor.", triage.DEFAULT_MIN_SENSITIVITY,
+        "decision rule's val sensitivity for a class is below its floor, or reaches it but not with its whole 95% "
+        "interval.", triage.DEFAULT_MIN_SENSITIVITY,
         check=triage.parse_min_sensitivity)
     seed: int = setting("Seed for weights initialisation and input shuffling.", 42)
 

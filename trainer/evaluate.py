@@ -269,7 +269,7 @@ def _write_results(eval_dir: str, rule: DecisionRule | None, temperature: float,
         "decision_rule": rule.describe() if rule else UNCORRECTED_ARGMAX,
         "floors": [{"class": check.class_name, "floor": check.floor, "set": check.set_name,
                     "sensitivity": check.sensitivity.value, "interval": check.sensitivity.interval_json(),
-                    "met": not check.below} for check in checks],
+                    "met": not check.below, "shown": check.shown} for check in checks],
         "at_argmax": {name: figures.to_json() for name, figures in at_argmax.items()}})
     _write_json(os.path.join(eval_dir, SUBGROUPS_FILE), {
         name: {attribute: {value: group.to_json() for value, group in groups.items()}

@@ -17,6 +17,7 @@ computed from weights, so 1,000 resamples cost a few matrix products. A fixed se
 gives the same intervals on every run.
 """
 
+import math
 import statistics
 from collections.abc import Iterator
 
@@ -34,12 +35,26 @@ def wilson_interval(successes: int, total: int, confidence: float = CONFIDENCE) 
     """Wilson score interval of `successes` / `total`; None when `total` is 0."""
     if total <= 0:
         return None
-    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    z = _z_score(confidence)
     proportion = successes / total
     denominator = 1 + z * z / total
     centre = (proportion + z * z / (2 * total)) / denominator
     half_width = z * np.sqrt(proportion * (1 - proportion) / total + z * z / (4 * total * total)) / denominator
     return max(0.0, float(centre - half_width)), min(1.0, float(centre + half_width))
+
+
+def cases_to_show(rate: float, confidence: float = CONFIDENCE) -> int | None:
+    """The fewest cases, all of them successes, whose Wilson interval lies at or above `rate`; None for a rate of 1.
+
+    With every case a success the lower bound is n / (n + z²), so n ≥ rate·z² / (1 − rate).
+    """
+    if rate >= 1.0:
+        return None
+    z = _z_score(confidence)
+    cases = max(1, math.ceil(rate * z * z / (1.0 - rate)))
+    while wilson_interval(cases, cases, confidence)[0] < rate:  # Rounding at the boundary.
+        cases += 1
+    return cases
 
 
 def patient_resample_weights(patients: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
@@ -91,3 +106,7 @@ def percentile_interval(samples: np.ndarray, confidence: float = CONFIDENCE) -> 
     tail = 50.0 * (1.0 - confidence)
     low, high = np.percentile(defined, (tail, 100.0 - tail))
     return float(low), float(high)
+
+
+def _z_score(confidence: float) -> float:
+    return statistics.NormalDist().inv_cdf(0.5 + confidence / 2)

@@ -190,7 +190,7 @@ def _calibration(calibration: Mapping[str, tuple[Calibration, Calibration]], tem
 def _decision_rule(rule: DecisionRule | None, reason: str, checks: Sequence[FloorCheck]) -> str:
     described = rule.describe() if rule else "argmax of the model's probabilities"
     floors = [f"- {check.class_name}: sensitivity on {check.set_name} {check.sensitivity.text()} against the floor "
-              f"{check.floor:g}: {'NOT MET' if check.below else 'met'}" for check in checks]
+              f"{check.floor:g}: {check.status}" for check in checks]
     return "\n\n".join([f"{described}.", f"Why: {reason}", *(["Sensitivity floors:\n" + "\n".join(floors)]
                                                              if floors else [])])
 
