@@ -85,3 +85,8 @@ def test_a_floor_reached_on_too_few_images_is_met_but_not_shown():
     assert triage.format_floor_warnings([unshown, shown]).splitlines()[2:] == [f"WARNING: {unshown.warning()}"]
     (certain,) = triage.check_floors(at_argmax, {"normal": 1.0})
     assert not certain.shown and "no number of images shows a floor of 1" in certain.warning()
+    without_covid = classification_metrics(LABELS[:80], probabilities()[:80], resamples=0)
+    (unmeasured,) = triage.check_floors(without_covid, {"covid19": 0.9})
+    assert unmeasured.status == "not measured (no covid19 image)" and unmeasured.warning() is None
+    assert triage.format_floor_warnings([unmeasured]).splitlines()[2:] == [
+        "covid19: floor 0.9 not measured (no covid19 image) on val"]

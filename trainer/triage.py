@@ -61,6 +61,8 @@ class FloorCheck:
 
     @property
     def status(self) -> str:
+        if self.sensitivity.value is None:
+            return f"not measured (no {self.class_name} image)"
         return "NOT MET" if self.below else "met" if self.shown else "met, not shown by its interval"
 
     def warning(self) -> str | None:
@@ -104,12 +106,16 @@ def parse_min_sensitivity(text: str) -> dict[str, float]:
 def format_floor_warnings(checks: list[FloorCheck]) -> str:
     """The floors' heading and warnings, printed right after the shortcut audit's."""
     lines = ["DECISION RULE", "============="]
-    warnings = [check.warning() for check in checks if check.warning()]
+    warnings = [warning for warning in map(FloorCheck.warning, checks) if warning]
     lines += [f"WARNING: {warning}" for warning in warnings]
-    if not warnings:
-        met = ", ".join(f"{check.class_name} {check.floor:g}" for check in checks)
-        lines.append(f"every sensitivity floor met on {checks[0].set_name} ({met})" if checks
-                     else "no sensitivity floor set (--min_sensitivity)")
+    measured = [check for check in checks if check.sensitivity.value is not None]
+    if not checks:
+        lines.append("no sensitivity floor set (--min_sensitivity)")
+    elif measured and not warnings:
+        met = ", ".join(f"{check.class_name} {check.floor:g}" for check in measured)
+        lines.append(f"every sensitivity floor met on {checks[0].set_name} ({met})")
+    lines += [f"{check.class_name}: floor {check.floor:g} {check.status} on {check.set_name}"
+              for check in checks if check.sensitivity.value is None]
     return "\n".join(lines)
 
 
