@@ -51,7 +51,12 @@ class FloorCheck:
 
     @property
     def below(self) -> bool:
-        return self.sensitivity.value is not None and self.sensitivity.value < self.floor
+        return self.measured and self.sensitivity.value < self.floor
+
+    @property
+    def measured(self) -> bool:
+        """The set holds the class, so its sensitivity is defined."""
+        return self.sensitivity.value is not None
 
     @property
     def shown(self) -> bool:
@@ -61,7 +66,7 @@ class FloorCheck:
 
     @property
     def status(self) -> str:
-        if self.sensitivity.value is None:
+        if not self.measured:
             return f"not measured (no {self.class_name} image)"
         return "NOT MET" if self.below else "met" if self.shown else "met, not shown by its interval"
 
@@ -72,7 +77,7 @@ class FloorCheck:
                     f"{self.sensitivity.text()}, below the floor {self.floor:g} (--min_sensitivity): it misses "
                     f"patients a triage tool must catch; consider "
                     f"--decision_rule target:{self.class_name}:sensitivity:{self.floor:g}")
-        if self.shown or self.sensitivity.value is None:
+        if self.shown or not self.measured:
             return None
         needed = intervals.cases_to_show(self.floor)
         enough = (f"it takes {needed} {self.class_name} images in {self.set_name}, all found, to show it"
@@ -108,14 +113,14 @@ def format_floor_warnings(checks: list[FloorCheck]) -> str:
     lines = ["DECISION RULE", "============="]
     warnings = [warning for warning in map(FloorCheck.warning, checks) if warning]
     lines += [f"WARNING: {warning}" for warning in warnings]
-    measured = [check for check in checks if check.sensitivity.value is not None]
+    measured = [check for check in checks if check.measured]
     if not checks:
         lines.append("no sensitivity floor set (--min_sensitivity)")
     elif measured and not warnings:
         met = ", ".join(f"{check.class_name} {check.floor:g}" for check in measured)
         lines.append(f"every sensitivity floor met on {checks[0].set_name} ({met})")
     lines += [f"{check.class_name}: floor {check.floor:g} {check.status} on {check.set_name}"
-              for check in checks if check.sensitivity.value is None]
+              for check in checks if not check.measured]
     return "\n".join(lines)
 
 
