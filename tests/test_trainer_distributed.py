@@ -275,3 +275,24 @@ def test_sigterm_checkpoints_and_exits_then_a_restart_resumes(data_dir, tmp_path
     assert logged_steps(job_dir, skip=first_attempt) == list(range(stopped_step + 1, 10))
     assert history(job_dir) == [(2, 1), (2, 2), (2, 3)]
     assert os.path.exists(os.path.join(job_dir, "export", "saved_model.pb"))
+
+
+def test_two_deterministic_runs_with_one_seed_end_with_the_same_weights(data_dir, tmp_path):
+    """Same data, seed and machine: the same batches in the same order, the same losses, the same model."""
+    job_dirs = [str(tmp_path / name) for name in ("first", "second")]
+    with started() as trainers:
+        for job_dir in job_dirs:
+            trainers.append(Trainer(job_dir, f"{job_dir}.log", [
+                f"--data_dir={data_dir}", f"--job_dir={job_dir}", *COMMON_FLAGS, "--steps_per_epoch=3",
+                "--stage1_epochs=0", "--stage2_epochs=2", "--deterministic"]))
+        assert_finished(*trainers)
+
+    assert all(run_description(job_dir)["config"]["deterministic"] for job_dir in job_dirs)
+    losses = []
+    for job_dir in job_dirs:
+        with open(os.path.join(job_dir, "history.json")) as handle:
+            losses.append([entry["loss"] for entry in json.load(handle)["epochs"]])
+    assert len(losses[0]) == 2 and losses[0] == losses[1]
+    weights = [keras.models.load_model(os.path.join(job_dir, "model.keras")).get_weights() for job_dir in job_dirs]
+    for first, second in zip(*weights, strict=True):
+        np.testing.assert_array_equal(first, second)

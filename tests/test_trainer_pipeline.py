@@ -138,6 +138,17 @@ def test_cached_and_streamed_images_are_the_same_tensors(data_dir):
     assert sorted(streamed) == sorted(cached[:len(streamed)]) == sorted(cached[-len(streamed):])
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_deterministic_train_dataset_repeats_its_augmented_batches_under_one_seed(data_dir, cache):
+    split = input_pipeline.inspect_data(data_dir, IMAGE_SIZE)["train"]
+
+    def batches(seed: int) -> list[bytes]:
+        dataset = input_pipeline.train_dataset(split, IMAGE_SIZE, 8, seed=seed, cache=cache, deterministic=True)
+        return [images.tobytes() + labels.tobytes() for images, labels in dataset.take(30).as_numpy_iterator()]
+
+    assert batches(1) == batches(1) != batches(2)
+
+
 def test_eval_dataset_reads_originals_once_in_a_fixed_order(data_dir):
     split = input_pipeline.inspect_data(data_dir, IMAGE_SIZE)["train"]  # The split with augmented copies.
 

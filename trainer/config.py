@@ -184,6 +184,10 @@ class TrainConfig:
         "interval.", triage.DEFAULT_MIN_SENSITIVITY,
         check=triage.parse_min_sensitivity)
     seed: int = setting("Seed for weights initialisation and input shuffling.", 42)
+    deterministic: bool = setting(
+        "Make a run reproducible: the training input keeps one record order under --seed and TensorFlow ops run "
+        "deterministically (tf.config.experimental.enable_op_determinism), so the same data, seed and hardware give "
+        "the same weights; slower (see docs/trainer.md).", False)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):

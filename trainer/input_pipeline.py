@@ -157,7 +157,7 @@ def choose_cache(mode: str, decoded_sizes: dict[str, int], budget_bytes: int) ->
 
 def train_dataset(split: SplitData, image_size: int, batch_size: int, seed: int,
                   input_context: tf.distribute.InputContext | None = None, cache: bool = False,
-                  augment: bool = True) -> tf.data.Dataset:
+                  augment: bool = True, deterministic: bool = False) -> tf.data.Dataset:
     """Endless, shuffled (image, one-hot label) batches of `batch_size` for one input pipeline.
 
     With the `input_context` of `strategy.distribute_datasets_from_function`, each worker's
@@ -167,7 +167,9 @@ def train_dataset(split: SplitData, image_size: int, batch_size: int, seed: int,
     otherwise the serialized records are shuffled and every pass decodes them again.
     With `augment`, each batch of uint8 pixels goes through `augment_images`
     (trainer/augment.py), after the cache, so every pass sees new transforms; nothing
-    else augments: val, test and serving read the images as they are.
+    else augments: val, test and serving read the images as they are. With `deterministic`
+    the order depends on `seed` alone; otherwise parallel reads and maps hand on whichever
+    element is ready first.
     """
     pipelines = input_context.num_input_pipelines if input_context else 1
     pipeline_id = input_context.input_pipeline_id if input_context else 0
@@ -192,11 +194,12 @@ def train_dataset(split: SplitData, image_size: int, batch_size: int, seed: int,
                              num_parallel_calls=tf.data.AUTOTUNE)
     batches = pixels.batch(batch_size, drop_remainder=True)
     if augment:
-        batches = _augmented(batches, seed + pipeline_id)
+        batches = _augmented(batches, seed + pipeline_id, deterministic)
     dataset = batches.map(lambda images, labels: (features.model_input(images), features.one_hot_label(labels)),
                           num_parallel_calls=tf.data.AUTOTUNE)
-    # Order within a pass is already random: parallel maps may hand on whichever element is ready.
-    options = _options(deterministic=False)
+    # Order within a pass is already random: unless asked to be reproducible, parallel maps may
+    # hand on whichever element is ready.
+    options = _options(deterministic)
     # strategy.distribute_datasets_from_function wraps this pipeline in a MultiDeviceIterator, which
     # does not cancel tf.data's autotuning thread when it is deleted: in TF 2.21 deleting it (and so
     # ending the process, or stopping for SIGTERM) then waits for that thread's next wake-up, up to a
@@ -206,12 +209,12 @@ def train_dataset(split: SplitData, image_size: int, batch_size: int, seed: int,
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-def _augmented(batches: tf.data.Dataset, seed: int) -> tf.data.Dataset:
+def _augmented(batches: tf.data.Dataset, seed: int, deterministic: bool) -> tf.data.Dataset:
     """Batch number `step` is augmented with the stateless seed (seed, step): new every step, reproducible."""
     numbered = batches.scan(tf.constant(0, tf.int64), lambda step, batch: (step + 1, (step, batch)))
     return numbered.map(
         lambda step, batch: (augment_images(batch[0], tf.stack([tf.constant(seed, tf.int64), step])), batch[1]),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
 
 def eval_dataset(split: SplitData, image_size: int, batch_size: int, cache: bool = False) -> tf.data.Dataset:

@@ -229,7 +229,8 @@ class Controller:
             lambda context: input_pipeline.train_dataset(
                 self.data["train"], self.config.image_size,
                 context.get_per_replica_batch_size(self.settings.global_batch_size),
-                seed=self.config.seed + int(self.state.step), input_context=context, cache="train" in self.cached))
+                seed=self.config.seed + int(self.state.step), input_context=context, cache="train" in self.cached,
+                deterministic=self.config.deterministic))
         iterator = iter(train_data)
         if self.chief:
             self.writers = _summary_writers(self.paths.tensorboard_dir)
@@ -431,6 +432,8 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy) -> dict[str, metr
     decision_spec = _decision_spec(config.decision_rule, data["val"])
     settings = _loop_settings(config, data["train"], strategy.num_replicas_in_sync)
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     optimization.set_precision(config.mixed_precision)
     paths = outputs.OutputPaths(config.job_dir, config.checkpoint_dir, config.tensorboard_dir)
     run_description = describe_run(config, strategy, settings)
