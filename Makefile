@@ -80,7 +80,7 @@ real-data: install
 	@$(PYTHON) -m beam_pipelines.preprocess --csv $(REAL_CXR)/labels.csv --output_dir $(REAL_DIR)/tfrecords \
 		--image_size $(REAL_IMAGE_SIZE) --augment auto --split 0.6,0.2,0.2 --patient_key $(REAL_KEY) \
 		$(LOCAL_BEAM) $(QUIET_TF)
-	@echo "==> 2/3 train ResNet50 from random weights on the CPU into $(REAL_DIR)/model/ (about 23 minutes on 2 cores at 128²)"
+	@echo "==> 2/3 train ResNet50 from random weights on the CPU into $(REAL_DIR)/model/ (about 20 minutes on 2 cores at 128², with its evaluation)"
 	@# The demo's recipe at 128² over 20 epochs with a cosine decay (docs/trainer.md, "Real chest X-rays");
 	@# the default rule calls COVID-19 from the threshold that finds 95% of val's cases. --deterministic: a
 	@# rerun on this machine gives the same model (3% slower).
