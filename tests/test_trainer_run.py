@@ -68,7 +68,7 @@ def test_every_trainer_output_goes_through_tensorflows_filesystem_api(data_dir):
         "stage2_epochs", "stage1_learning_rate", "stage2_learning_rate", "warmup_steps", "learning_rate_decay",
         "weights", "auxiliary_loss_weight", "head_learning_rate_scale", "class_weight", "mixed_precision",
         "jit_compile", "steps_per_epoch", "steps_per_loop", "checkpoint_every_loops", "keep_checkpoints", "cache",
-        "cache_budget_gb", "decision_rule", "min_sensitivity", "seed"]
+        "cache_budget_gb", "decision_rule", "min_sensitivity", "seed", "deterministic"]
     assert (run["config"]["job_dir"], run["config"]["auxiliary_loss_weight"]) == (
         job_dir, model.FROM_SCRATCH_AUXILIARY_LOSS_WEIGHT)  # The value the run used, not the flag's None.
     served = model_store.load(job_dir)
