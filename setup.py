@@ -19,7 +19,7 @@ REQUIRED_PACKAGES = [
     "tensorboard~=2.21.0",
     # Reference metrics (ROC-AUC, ROC curve, confusion matrix, calibration curve, logistic baselines).
     "scikit-learn~=1.9",
-    # Temperature scaling minimises the validation NLL with scipy.optimize (trainer/calibration.py).
+    # Temperature scaling minimises the validation NLL with scipy.optimize (trainer/evaluation/calibration.py).
     "scipy>=1.13,<2",
     # cxr-node's DICOM network: its C-STORE SCP, and C-STORE of results to a PACS.
     "pynetdicom~=3.0",

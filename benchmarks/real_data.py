@@ -133,7 +133,7 @@ def section(results: list[tuple[str, dict, float]], conditions: str) -> str:
         f"{REPRODUCIBILITY[bool(recipe['deterministic'])]}). The external "
         "column is `../shared/real-cxr-figure1` (33 COVID-19 images of another collection), scored by the exported "
         "model. 95% intervals; the pixel baseline is logistic regression on 32×32 standardised thumbnails "
-        "fitted on the same train split (`trainer/pixel_baseline.py`).",
+        "fitted on the same train split (`trainer/evaluation/pixel_baseline.py`).",
         "",
         "| patient key | test: pneumonia vs normal inside NIH, ROC-AUC | pixel baseline, same test | val, same "
         "figure | test: COVID-19 sensitivity at the rule | external COVID-19 sensitivity | minutes |",

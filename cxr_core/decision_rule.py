@@ -15,8 +15,8 @@ so a class missing from val is down-weighted, not erased.
   when its corrected probability reaches a threshold, otherwise the argmax of the
   other classes.
 A `DecisionRule` is JSON-serialisable (priors, threshold, spec) and applied with
-`apply` in NumPy; `trainer.operating_point` fits it on val, and `serving.export`
-applies it with TensorFlow ops inside an exported model.
+`apply` in NumPy; `trainer.evaluation.operating_point` fits it on val, and
+`serving.export` applies it with TensorFlow ops inside an exported model.
 """
 
 

@@ -11,11 +11,11 @@ Signatures (batch prediction, tfx-bsl RunInference and cxr-predict depend on the
 The first two return {'probabilities': float32 [N, 3], 'class_id': int64 [N]}, the class ids
 indexing `contract.CLASS_NAMES`; both decode through `serving.features.decode_image`. The
 model's probabilities are first scaled by the contract's temperature T, softmax(log p / T)
-(fitted on val, `trainer.calibration`), so that they are calibrated. With the contract's
-decision rule (`cxr_core.decision_rule`, chosen on val on those scaled probabilities), they
-are then prior-corrected and the class ids follow the rule, exactly as val and test were
-scored; without one, they are the scaled probabilities and their argmax. The SavedModel
-holds the model's weights only: no optimizer state.
+(fitted on val, `trainer.evaluation.calibration`), so that they are calibrated. With the
+contract's decision rule (`cxr_core.decision_rule`, chosen on val on those scaled
+probabilities), they are then prior-corrected and the class ids follow the rule, exactly as
+val and test were scored; without one, they are the scaled probabilities and their argmax.
+The SavedModel holds the model's weights only: no optimizer state.
 """
 
 import keras
@@ -61,7 +61,7 @@ def export_saved_model(model: keras.Model, export_dir: str, model_contract: mode
 
 
 def temperature_scaled(probabilities: tf.Tensor, temperature: float) -> tf.Tensor:
-    """`trainer.calibration.apply_temperature` in TensorFlow ops: softmax(log p / T)."""
+    """`trainer.evaluation.calibration.apply_temperature` in TensorFlow ops: softmax(log p / T)."""
     logits = tf.math.log(tf.maximum(tf.cast(probabilities, tf.float32), np.finfo(np.float32).tiny))
     return tf.nn.softmax(logits / temperature, axis=-1)
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from cxr_core import contract
-from trainer import pixel_baseline
+from trainer.evaluation import pixel_baseline
 
 SIZE = 64
 

@@ -26,7 +26,7 @@ from cxr_core import contract, decision_rule, imaging, pseudonyms
 from serving import export, features, gradcam, model_store, study
 from synthetic import dicom_writer, phantom
 from trainer import model as model_lib
-from trainer import calibration, operating_point
+from trainer.evaluation import calibration, operating_point
 
 IMAGE_SIZE = 64
 STUDY_SIDE = (160, 136)  # Not square, so the framing to a square is part of what is compared.

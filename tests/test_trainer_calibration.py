@@ -9,7 +9,7 @@ import sklearn.metrics
 from PIL import Image
 
 from cxr_core import contract
-from trainer import calibration, calibration_plot, intervals
+from trainer.evaluation import calibration, calibration_plot, intervals
 
 # Top class confidences 0.85 (two images, one right) and 0.65 (three images, two right):
 # ECE = 2/5 · |0.5 − 0.85| + 3/5 · |2/3 − 0.65| = 0.14 + 0.01 = 0.15.

@@ -30,7 +30,8 @@ import tensorflow as tf
 from cxr_core import contract, decision_rule
 from serving import features, model_store
 from synthetic import records as synthetic_records
-from trainer import calibration, checkpoints, evaluate, input_pipeline, preemption, report
+from trainer import checkpoints, evaluate, input_pipeline, preemption
+from trainer.evaluation import calibration, report
 
 Found = TypeVar("Found")
 

@@ -20,8 +20,10 @@ from beam_pipelines import example_codec
 from cxr_core import contract, decision_rule, imaging
 from serving import export, gradcam, model_store
 from synthetic import records
-from trainer import evaluate, evaluation, evaluation_set, input_pipeline, model_card, report
+from trainer import evaluate, input_pipeline
 from trainer import model as model_lib
+from trainer.evaluation import evaluation_set, model_card, report
+from trainer.evaluation import predictions as predictions_lib
 
 IMAGE_SIZE = 64
 RULE = decision_rule.DecisionRule("argmax", (0.25, 0.25, 0.5), (0.45, 0.45, 0.1))
@@ -117,11 +119,11 @@ def test_every_file_of_the_evaluation_is_written(external_run):
 def test_the_same_records_give_the_same_figures_as_trainings_evaluation(job_dir, external_records, external_run):
     output_dir, _ = external_run
     written = json.load(open(os.path.join(output_dir, report.METRICS_FILE)))["external"]
-    # Training's path over the same originals: the input pipeline's eval dataset, evaluation.predict, the report.
+    # Training's path over the same originals: the input pipeline's eval dataset, predictions.predict, the report.
     shards = [shard for split in contract.SPLITS for shard in input_pipeline.list_shards(external_records, split)]
     split = input_pipeline.SplitData("external", tuple(shards), (10, 10, 10))
     model = gradcam.load_model(job_dir)
-    predictions = evaluation.predict(model, {"external": input_pipeline.eval_dataset(split, IMAGE_SIZE, 32)})
+    predictions = predictions_lib.predict(model, {"external": input_pipeline.eval_dataset(split, IMAGE_SIZE, 32)})
     expected = report.split_metrics(predictions["external"], RULE).to_json()
     assert_same_figures(json.loads(json.dumps(expected)), written)
 

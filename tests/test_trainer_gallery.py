@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from trainer import gallery
+from trainer.evaluation import gallery
 
 # True class, predicted class, probability of the predicted class.
 CASES = [

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import sklearn.metrics
 
-from trainer import intervals
+from trainer.evaluation import intervals
 
 
 # Wilson intervals: 13/15 from the issue, and Newcombe (Statistics in Medicine, 1998), Table I,

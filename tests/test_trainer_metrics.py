@@ -9,8 +9,8 @@ import sklearn.metrics
 from scored_splits import probabilities_for, scored_split
 
 from cxr_core import contract, decision_rule
-from trainer import metrics as metrics_lib
-from trainer import operating_point
+from trainer.evaluation import metrics as metrics_lib
+from trainer.evaluation import operating_point
 
 # True classes and predictions; the confusion matrix [true, predicted] is
 #   [[3, 1, 0],

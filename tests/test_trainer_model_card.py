@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cxr_core import decision_rule
-from trainer import calibration, model_card, shortcut_audit, subgroups, triage
-from trainer.metrics import SplitPredictions, split_metrics
+from trainer.evaluation import calibration, model_card, shortcut_audit, subgroups, triage
+from trainer.evaluation.metrics import SplitPredictions, split_metrics
 
 MANIFEST = {
     "created": "2026-11-27T10:00:00+00:00",

@@ -9,8 +9,8 @@ from scored_splits import scored_split
 
 from cxr_core import decision_rule
 from serving import export
-from trainer import metrics as metrics_lib
-from trainer import operating_point
+from trainer.evaluation import metrics as metrics_lib
+from trainer.evaluation import operating_point
 
 # Prior correction: training saw 80 covid19 examples in 100 (copies), val has 10 in 100.
 TRAIN_COUNTS = (10, 10, 80)

@@ -9,8 +9,8 @@ from PIL import Image
 from scored_splits import probabilities_for, scored_split
 
 from cxr_core import decision_rule
-from trainer import intervals, operating_point, report
-from trainer import metrics as metrics_lib
+from trainer.evaluation import intervals, operating_point, report
+from trainer.evaluation import metrics as metrics_lib
 
 # The confusion matrix [true, predicted] is [[3, 1, 0], [0, 2, 1], [1, 0, 2]].
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])

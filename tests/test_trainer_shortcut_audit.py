@@ -9,8 +9,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, cross_val_predict
 
 from cxr_core import contract
-from trainer import pixel_baseline, shortcut_audit
-from trainer.metrics import SplitPredictions, split_metrics
+from trainer.evaluation import pixel_baseline, shortcut_audit
+from trainer.evaluation.metrics import SplitPredictions, split_metrics
 
 MANIFEST_TABLE = {"covid": {"covid19": 120, "normal": 20, "pneumonia": 15},
                   "rsna": {"covid19": 0, "normal": 300, "pneumonia": 280}}

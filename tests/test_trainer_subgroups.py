@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from trainer import metrics as metrics_lib
-from trainer import subgroups
+from trainer.evaluation import metrics as metrics_lib
+from trainer.evaluation import subgroups
 
 LABELS = np.array([0, 1, 2, 0, 1, 2, 0, 0])
 PREDICTED = np.array([0, 1, 2, 1, 1, 0, 0, 0])

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from cxr_core import decision_rule
-from trainer import triage
-from trainer.metrics import classification_metrics
+from trainer.evaluation import triage
+from trainer.evaluation.metrics import classification_metrics
 
 # 20 COVID-19 images whose covid19 probability is modest: the argmax catches 16, prior correction toward a
 # val mix where COVID-19 is rare catches fewer.

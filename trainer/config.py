@@ -21,7 +21,8 @@ from typing import Any
 import tensorflow as tf
 
 from cxr_core import contract, decision_rule
-from trainer import model, optimization, triage
+from trainer import model, optimization
+from trainer.evaluation import triage
 
 Check = Callable[[Any], object]  # Raises ValueError, whose message says what the value must be.
 
@@ -176,7 +177,8 @@ class TrainConfig:
     decision_rule: str = setting(
         "How a class is predicted, chosen on val and exported with the model: target:<class>:<sensitivity|"
         "specificity>:<value> (a threshold on that class set on val to reach the target there; the default keeps "
-        "COVID-19 sensitivity, see trainer/triage.py), or argmax (after correcting the train class mix to val's).",
+        "COVID-19 sensitivity, see trainer/evaluation/triage.py), or argmax (after correcting the train class mix to "
+        "val's).",
         triage.DEFAULT_DECISION_RULE, check=decision_rule.parse_decision_rule)
     min_sensitivity: str = setting(
         "Sensitivity floors per class, class=value pairs (empty for none): the report opens with a warning when the "

@@ -1,12 +1,13 @@
 """A trained model's evaluation, with what a clinician needs to trust it; also external validation.
 
-`evaluate` scores sets of labelled images (`trainer.evaluation_set`) and writes, into one
-directory: the figures per class with their intervals, overall and within each source, the
-confusion matrix and ROC figures (`trainer.report`); calibration before and after the
-model's temperature with reliability diagrams (`trainer.calibration`); the figures within
-each view, sex and age band (`trainer.subgroups`); the shortcut audit (`trainer.shortcut_audit`)
-on the audited set; and a failure gallery per set (`trainer.gallery`). Its printed report
-opens with the audit's warnings.
+`evaluate` scores sets of labelled images (`trainer.evaluation.evaluation_set`) and writes,
+into one directory: the figures per class with their intervals, overall and within each
+source, the confusion matrix and ROC figures (`trainer.evaluation.report`); calibration
+before and after the model's temperature with reliability diagrams
+(`trainer.evaluation.calibration`); the figures within each view, sex and age band
+(`trainer.evaluation.subgroups`); the shortcut audit (`trainer.evaluation.shortcut_audit`)
+on the audited set; and a failure gallery per set (`trainer.evaluation.gallery`). Its
+printed report opens with the audit's warnings.
 
     python -m trainer.evaluate --model_dir JOB_DIR_OR_EXPORT \\
         (--data_dir RECORDS [--splits train,val,test] | --csv LABELS.csv) --output_dir OUT [--name external]
@@ -33,12 +34,13 @@ import tensorflow as tf
 from cxr_core import contract
 from cxr_core.decision_rule import DecisionRule
 from serving import features, gradcam, model_store
-from trainer import (calibration, calibration_plot, evaluation_set, gallery, input_pipeline, intervals, model_card,
-                     pixel_baseline, report, shortcut_audit, subgroups, triage)
+from trainer import input_pipeline
 from trainer import model as model_lib
-from trainer.evaluation_set import EvaluationSet
-from trainer.metrics import (UNCORRECTED_ARGMAX, ClassificationMetrics, SplitMetrics, SplitPredictions,
-                             classification_metrics)
+from trainer.evaluation import (calibration, calibration_plot, evaluation_set, gallery, intervals, model_card,
+                                pixel_baseline, report, shortcut_audit, subgroups, triage)
+from trainer.evaluation.evaluation_set import EvaluationSet
+from trainer.evaluation.metrics import (UNCORRECTED_ARGMAX, ClassificationMetrics, SplitMetrics, SplitPredictions,
+                                        classification_metrics)
 
 PROG = "python -m trainer.evaluate"
 BATCH_SIZE = 64

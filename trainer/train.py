@@ -26,10 +26,10 @@ originals (the same numbers everywhere, so no worker waits for another's decisio
 chief keeps the weights of the best epoch by val macro ROC-AUC, and all save a training
 checkpoint (see `trainer.checkpoints`). A job started again with the same flags resumes
 from the latest checkpoint at its stage and step. After training, the chief loads the
-best epoch's weights, fits the temperature (`trainer.calibration`) and then the decision rule
-(`--decision_rule`, `trainer.operating_point`) on val, evaluates val and test under both
-(`trainer.evaluate`), writes the model card, and exports the model with all three; test
-never chooses anything.
+best epoch's weights, fits the temperature (`trainer.evaluation.calibration`) and then
+the decision rule (`--decision_rule`, `trainer.evaluation.operating_point`) on val,
+evaluates val and test under both (`trainer.evaluate`), writes the model card, and
+exports the model with all three; test never chooses anything.
 """
 
 import dataclasses
@@ -45,11 +45,12 @@ from absl import logging
 
 from cxr_core import contract, decision_rule
 from serving import export, model_store
-from trainer import (calibration, checkpoints, distribution, evaluate, evaluation, evaluation_set, input_pipeline,
-                     model_card, operating_point, optimization, outputs, preemption, shortcut_audit, triage)
-from trainer import metrics as metrics_lib
+from trainer import checkpoints, distribution, evaluate, input_pipeline, optimization, outputs, preemption
 from trainer import model as model_lib
 from trainer.config import TrainConfig
+from trainer.evaluation import calibration, evaluation_set, model_card, operating_point, shortcut_audit, triage
+from trainer.evaluation import metrics as metrics_lib
+from trainer.evaluation import predictions as predictions_lib
 
 GIGABYTE = 1024 ** 3
 
@@ -360,10 +361,10 @@ class Controller:
                             run_description: dict) -> dict[str, metrics_lib.SplitMetrics]:
         """On the chief: the best epoch's weights evaluated on val and test, then exported with what val chose.
 
-        Val chooses the temperature (`trainer.calibration`) and then, on the scaled probabilities,
-        the decision rule; test is scored once under both (`trainer.evaluate`: metrics, calibration,
-        operating point, subgroups, shortcut audit, failure gallery). The model card goes into the
-        job dir and, with the temperature and the rule, into the export's contract.
+        Val chooses the temperature (`trainer.evaluation.calibration`) and then, on the scaled
+        probabilities, the decision rule; test is scored once under both (`trainer.evaluate`: metrics,
+        calibration, operating point, subgroups, shortcut audit, failure gallery). The model card goes into
+        the job dir and, with the temperature and the rule, into the export's contract.
         Returns the val and test metrics.
         """
         best = self.best.restore()
@@ -475,7 +476,7 @@ def describe_run(config: TrainConfig, strategy: tf.distribute.Strategy, settings
 
 def validation_metrics(model: keras.Model, val_data: tf.data.Dataset) -> dict[str, float | None]:
     """The per-epoch validation: loss, accuracy and macro ROC-AUC on the val originals."""
-    predictions = evaluation.predict(model, {"val": val_data})["val"]
+    predictions = predictions_lib.predict(model, {"val": val_data})["val"]
     # Accuracy and ROC-AUC are point figures: no intervals, so no bootstrap, every epoch.
     metrics = metrics_lib.classification_metrics(predictions.labels, predictions.probabilities, resamples=0)
     true_class = predictions.probabilities[np.arange(len(predictions.labels)), predictions.labels]

@@ -8,12 +8,13 @@ table) rather than a made-up 0: the sensitivity and ROC-AUC of a class absent fr
 split, the PPV of a class never predicted. F1 = 2·TP / (2·TP + FP + FN), so a class
 that is present but never predicted has F1 0. Macro averages are over defined values.
 
-Every figure has a 95% interval (`trainer.intervals`): Wilson for sensitivity, PPV,
-specificity and accuracy; a patient-level bootstrap for F1, ROC-AUC and the macro
-averages. A class with fewer than `MIN_PATIENTS_TO_CONCLUDE` patients in a split is
-flagged as too small to conclude from. Class predictions follow a `DecisionRule`
-(`trainer.operating_point`: prior correction and an operating point chosen on val);
-without one, the argmax of the model's probabilities. ROC-AUC does not depend on it.
+Every figure has a 95% interval (`trainer.evaluation.intervals`): Wilson for
+sensitivity, PPV, specificity and accuracy; a patient-level bootstrap for F1, ROC-AUC
+and the macro averages. A class with fewer than `MIN_PATIENTS_TO_CONCLUDE` patients in
+a split is flagged as too small to conclude from. Class predictions follow a
+`DecisionRule` (`trainer.evaluation.operating_point`: prior correction and an
+operating point chosen on val); without one, the argmax of the model's probabilities.
+ROC-AUC does not depend on it.
 
 Every split is also broken down by `image/source`. Sources differ in more than their
 labels (hospital, scanner, file format, borders): in the published data almost every
@@ -40,7 +41,7 @@ import sklearn.metrics
 
 from cxr_core import contract
 from cxr_core.decision_rule import DecisionRule
-from trainer import intervals
+from trainer.evaluation import intervals
 
 CLASS_METRICS = ("sensitivity", "ppv", "specificity", "f1", "roc_auc")
 BOOTSTRAPPED_CLASS_METRICS = ("f1", "roc_auc")  # Not proportions, so no Wilson interval.

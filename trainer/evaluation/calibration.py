@@ -7,7 +7,8 @@ Three figures say how far it does, NumPy in, frozen dataclasses out:
   "On calibration of modern neural networks", ICML 2017): images are put in `ECE_BINS`
   equal-width bins of their highest probability, and the gaps between each bin's mean
   confidence and its accuracy are averaged, weighted by the bin's share of images; 0 is
-  perfect. Its 95% interval is a patient-level bootstrap (`trainer.intervals`), as for ROC-AUC;
+  perfect. Its 95% interval is a patient-level bootstrap
+  (`trainer.evaluation.intervals`), as for ROC-AUC;
 - the Brier score: the mean over images of Σ_c (p_c − y_c)², 0 perfect, 2 worst; the
   point figure is the bootstrap's statistic at unit weights, as for ROC-AUC, and equals
   scikit-learn's `brier_score_loss` (the tests check it);
@@ -32,8 +33,8 @@ import scipy.optimize
 import sklearn.calibration
 
 from cxr_core import contract
-from trainer import intervals
-from trainer.metrics import Estimate
+from trainer.evaluation import intervals
+from trainer.evaluation.metrics import Estimate
 
 ECE_BINS = 10
 # Bounds of the fitted temperature: far outside them a model is broken, not miscalibrated.

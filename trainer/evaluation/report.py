@@ -1,11 +1,12 @@
 """The evaluation as people read it: the printed table and the files of the eval dir.
 
 The best epoch (`trainer.train`, by val macro ROC-AUC) and the decision rule
-(`trainer.operating_point`) are chosen on val; test is scored once, at the end, so
-`format_table` prints it last and apart, under `TEST_HEADING`, where it cannot be
-mistaken for a figure that chose anything. `write_report` scores each split
-(`trainer.metrics`) and writes metrics.json, the decision rule, and the confusion
-matrix and ROC figures (`trainer.plots`); every figure is shown with its 95% interval.
+(`trainer.evaluation.operating_point`) are chosen on val; test is scored once, at the
+end, so `format_table` prints it last and apart, under `TEST_HEADING`, where it cannot
+be mistaken for a figure that chose anything. `write_report` scores each split
+(`trainer.evaluation.metrics`) and writes metrics.json, the decision rule, and the
+confusion matrix and ROC figures (`trainer.evaluation.plots`); every figure is shown
+with its 95% interval.
 """
 
 import json
@@ -17,9 +18,9 @@ import tensorflow as tf
 
 from cxr_core import contract
 from cxr_core.decision_rule import DecisionRule
-from trainer import intervals, plots
-from trainer.metrics import (MIN_PATIENTS_TO_CONCLUDE, ClassFigures, ClassificationMetrics, Estimate, Figures,
-                             SplitMetrics, SplitPredictions, roc_curve, split_metrics)
+from trainer.evaluation import intervals, plots
+from trainer.evaluation.metrics import (MIN_PATIENTS_TO_CONCLUDE, ClassFigures, ClassificationMetrics, Estimate,
+                                        Figures, SplitMetrics, SplitPredictions, roc_curve, split_metrics)
 
 METRICS_FILE = "metrics.json"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"

@@ -1,10 +1,10 @@
-"""`evaluation.predict`: the model's outputs lined up with each image's label, source and patient."""
+"""`predictions.predict`: the model's outputs lined up with each image's label, source and patient."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import evaluation
+from trainer.evaluation import predictions
 
 
 def tiny_model() -> keras.Model:
@@ -24,7 +24,7 @@ def test_predict_keeps_every_image_with_its_label_source_and_patient():
         (images, tf.one_hot(labels, 3), sources, patients)).batch(3)  # The last batch holds one image.
     without_patients = tf.data.Dataset.from_tensor_slices((images, tf.one_hot(labels, 3), sources)).batch(3)
 
-    results = evaluation.predict(model, {"val": with_patients, "test": without_patients})
+    results = predictions.predict(model, {"val": with_patients, "test": without_patients})
 
     assert list(results) == ["val", "test"]
     val = results["val"]

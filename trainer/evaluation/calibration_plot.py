@@ -1,9 +1,9 @@
-"""Reliability diagrams drawn with Pillow, in the panel layout of `trainer.plots`.
+"""Reliability diagrams drawn with Pillow, in the panel layout of `trainer.evaluation.plots`.
 
 One panel per set of predictions (a split, before or after temperature scaling), each
 with one curve per class: the observed rate of the class against the mean predicted
-probability in each bin (`trainer.calibration`). A calibrated model's curves lie on the
-diagonal; below it the model is overconfident. Returned as PNG bytes.
+probability in each bin (`trainer.evaluation.calibration`). A calibrated model's curves
+lie on the diagonal; below it the model is overconfident. Returned as PNG bytes.
 """
 
 import io
@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 from PIL import Image, ImageDraw, ImageFont
 
-from trainer import plots
-from trainer.calibration import ReliabilityCurve
+from trainer.evaluation import plots
+from trainer.evaluation.calibration import ReliabilityCurve
 
 LEFT, TOP = 80, 56
 DOT_RADIUS = 3

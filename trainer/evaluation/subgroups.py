@@ -2,9 +2,9 @@
 
 A model can do well overall and badly for the portable AP films of the sickest patients,
 or for one sex or age band; the overall table averages that away. Each subgroup gets
-`trainer.metrics.classification_metrics` of its own images (every figure with its 95%
-interval, a class with fewer than `MIN_PATIENTS_TO_CONCLUDE` patients flagged as too few
-to conclude from), under the same decision rule as the split.
+`trainer.evaluation.metrics.classification_metrics` of its own images (every figure with
+its 95% interval, a class with fewer than `MIN_PATIENTS_TO_CONCLUDE` patients flagged as
+too few to conclude from), under the same decision rule as the split.
 
 The values come from the records: `image/view` (PA, AP, AP SUPINE, …), and `patient/sex`
 and `patient/age_band` (coarse categories only: M, F, other; 10-year bands), which some
@@ -18,8 +18,9 @@ import numpy as np
 
 from cxr_core import contract
 from cxr_core.decision_rule import DecisionRule
-from trainer import intervals
-from trainer.metrics import MIN_PATIENTS_TO_CONCLUDE, ClassFigures, ClassificationMetrics, classification_metrics
+from trainer.evaluation import intervals
+from trainer.evaluation.metrics import (MIN_PATIENTS_TO_CONCLUDE, ClassFigures, ClassificationMetrics,
+                                        classification_metrics)
 
 # The attributes, as reports name them, and the record keys they come from.
 ATTRIBUTES = {"view": contract.VIEW, "sex": contract.PATIENT_SEX, "age band": contract.PATIENT_AGE_BAND}

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cxr_core import contract
 from serving import gradcam
-from trainer.plots import BACKGROUND, INK
+from trainer.evaluation.plots import BACKGROUND, INK
 
 ERRORS_PER_CLASS = 4
 IMAGE_SIDE = 128  # Each image and overlay is drawn at this side, whatever the model's input size.

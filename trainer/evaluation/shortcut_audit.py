@@ -22,10 +22,10 @@ journal, 2021). Every evaluation writes these four checks beside its figures:
     figure). It is averaged over the test images predicted as each class; a map spread evenly
     puts `UNIFORM_CENTRAL_SHARE` there, and below one half a class's evidence lies mostly on
     the border (DeGrave et al. found such models' saliency outside the lungs);
-(d) a trivial baseline beside the model (`trainer.pixel_baseline`: logistic regression on
-    32×32 standardised thumbnails, fitted on train, regularisation chosen on val), with
-    ROC-AUC overall and within each source: a deep model that does not beat it has learnt
-    no more than the global intensity layout.
+(d) a trivial baseline beside the model (`trainer.evaluation.pixel_baseline`: logistic
+    regression on 32×32 standardised thumbnails, fitted on train, regularisation chosen on
+    val), with ROC-AUC overall and within each source: a deep model that does not beat it has
+    learnt no more than the global intensity layout.
 
 `warnings()` gives the findings a reader must see first; the printed report opens with them.
 """
@@ -45,8 +45,8 @@ from sklearn.preprocessing import StandardScaler
 
 from cxr_core import contract
 from cxr_core.confounding import Confounding, find_confounding
-from trainer import intervals, pixel_baseline
-from trainer.metrics import SplitMetrics, SplitPredictions, split_metrics
+from trainer.evaluation import intervals, pixel_baseline
+from trainer.evaluation.metrics import SplitMetrics, SplitPredictions, split_metrics
 
 BORDER_FRACTION = 0.125
 UNIFORM_CENTRAL_SHARE = (1 - 2 * BORDER_FRACTION) ** 2

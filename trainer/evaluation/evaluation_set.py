@@ -49,7 +49,8 @@ class EvaluationSet:
     labels: np.ndarray
     sources: np.ndarray
     patients: np.ndarray
-    attributes: dict[str, np.ndarray]  # "view", "sex", "age band" (`trainer.subgroups.ATTRIBUTES`) → [N] values
+    # "view", "sex", "age band" (`trainer.evaluation.subgroups.ATTRIBUTES`) → [N] values.
+    attributes: dict[str, np.ndarray]
     provenance: str
 
     def __len__(self) -> int:

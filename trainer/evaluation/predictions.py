@@ -1,14 +1,15 @@
 """The model's predictions on the evaluation splits: the one step of evaluation that needs TensorFlow.
 
-`trainer.metrics` turns the predictions into figures with NumPy and scikit-learn alone,
-so they are computed and tested without a model; `trainer.report` prints and writes them.
+`trainer.evaluation.metrics` turns the predictions into figures with NumPy and
+scikit-learn alone, so they are computed and tested without a model;
+`trainer.evaluation.report` prints and writes them.
 """
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.metrics import SplitPredictions
+from trainer.evaluation.metrics import SplitPredictions
 
 
 def predict(model: keras.Model, datasets: dict[str, tf.data.Dataset]) -> dict[str, SplitPredictions]:

@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping
 
 from cxr_core import contract
 from cxr_core.decision_rule import TARGET
-from trainer import intervals
-from trainer.metrics import ClassificationMetrics, Estimate
+from trainer.evaluation import intervals
+from trainer.evaluation.metrics import ClassificationMetrics, Estimate
 
 DEFAULT_DECISION_RULE = f"{TARGET}:covid19:sensitivity:0.95"
 DEFAULT_MIN_SENSITIVITY = "covid19=0.9"
