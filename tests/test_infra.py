@@ -436,6 +436,33 @@ def setup_py_pins() -> tuple[dict[str, Requirement], SpecifierSet]:
     return requirements, SpecifierSet(python_requires)
 
 
+def setup_py_production_packages() -> tuple[str, ...]:
+    """PRODUCTION_PACKAGES, read from setup.py without running it: what `pip install .` must find."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    [packages] = [ast.literal_eval(node.value) for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                  and any(getattr(target, "id", None) == "PRODUCTION_PACKAGES" for target in node.targets)]
+    return packages
+
+
+def copied_packages(dockerfile: str) -> set[str]:
+    """The repository folders a Dockerfile copies into its image (`COPY name ./name`)."""
+    return set(re.findall(r"^COPY (\w+) \./\1$", dockerfile, re.MULTILINE))
+
+
+@pytest.mark.parametrize("image", [DATAFLOW, VERTEX], ids=["dataflow", "vertex"])
+def test_each_image_copies_every_production_package(image):
+    # `pip install .` installs what find_packages sees in the build context: a package left out of
+    # the COPY lines builds fine and fails at the first import of it on a worker.
+    packages = set(setup_py_production_packages())
+    assert {"cxr_core", "serving", "beam_pipelines", "trainer"} <= packages
+    assert copied_packages((image / "Dockerfile").read_text()) == packages
+
+
+def test_a_dockerfile_missing_a_package_is_seen():
+    dockerfile = "COPY setup.py ./\nCOPY trainer ./trainer\nCOPY serving ./serving\nCOPY --from=x /a /a\n"
+    assert copied_packages(dockerfile) == {"trainer", "serving"}
+
+
 def test_dataflow_image_matches_the_pinned_beam_and_python():
     requirements, python = setup_py_pins()
     dockerfile = (DATAFLOW / "Dockerfile").read_text()
