@@ -93,7 +93,8 @@ def file_too_large(max_pixels: int) -> InstanceRejection:
                              "the pixel limit allows (--max_megapixels)")
 
 
-def _select_file(path: str, image_size: int, rules: SelectionRules) -> SelectedImage | InstanceRejection | pydicom.Dataset:
+def _select_file(path: str, image_size: int, rules: SelectionRules
+                 ) -> SelectedImage | InstanceRejection | pydicom.Dataset:
     if os.path.getsize(path) > imaging.max_file_bytes(rules.max_pixels):
         return file_too_large(rules.max_pixels)
     with open(path, "rb") as handle:
@@ -146,7 +147,8 @@ class StudyModel:
 
     def predict(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities [N, classes] and class ids [N] of uint8 images at `image_size`, as the export computes them."""
-        outputs = self._predict_png(**{contract.PNG_INPUT: tf.constant([imaging.encode_png(image) for image in images])})
+        pngs = tf.constant([imaging.encode_png(image) for image in images])
+        outputs = self._predict_png(**{contract.PNG_INPUT: pngs})
         return outputs[contract.PROBABILITIES_OUTPUT].numpy(), outputs[contract.CLASS_ID_OUTPUT].numpy()
 
     def findings(self, images: list[SelectedImage]) -> list[dicom_results.ImageFinding]:

@@ -109,8 +109,8 @@ class ScaledAdam(keras.optimizers.Adam):
         super().update_step(gradient, variable, learning_rate * scale)
 
 
-def build_optimizer(schedule: keras.optimizers.schedules.LearningRateSchedule, precision: str, variables: list[keras.Variable],
-                    scale_of: Callable[[keras.Variable], float] = lambda variable: 1.0
+def build_optimizer(schedule: keras.optimizers.schedules.LearningRateSchedule, precision: str,
+                    variables: list[keras.Variable], scale_of: Callable[[keras.Variable], float] = lambda variable: 1.0
                     ) -> keras.optimizers.Optimizer:
     """`ScaledAdam` for `variables`, built so a checkpoint can restore its slots; call in `strategy.scope()`.
 
