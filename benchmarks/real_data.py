@@ -27,7 +27,8 @@ TARGET_WITHIN_AUC = 0.85
 TARGET_COVID_SENSITIVITY = 0.90
 AUDIT_FILE = "shortcut_audit.json"
 # The trainer settings (model/config.json) that BENCHMARKS.md names beside the figures.
-RECIPE_FIELDS = ("image_size", "stage2_epochs", "stage2_learning_rate", "learning_rate_decay", "deterministic")
+RECIPE_FIELDS = ("image_size", "stage2_epochs", "stage2_learning_rate", "learning_rate_decay", "test_time_zooms",
+                 "deterministic")
 REPRODUCIBILITY = {True: "`--deterministic`: a rerun on the same machine gives the same figures",
                    False: "not deterministic: a rerun draws new figures"}
 PAPER = ("Ozturk et al. 2020 (DarkCovidNet) on the same 1,125 images: 87.02% three-class accuracy and 98.08% "
@@ -130,7 +131,7 @@ def section(results: list[tuple[str, dict, float]], conditions: str) -> str:
         "ieee8023 COVID-19), split 0.6/0.2/0.2 by patient under each key, the `make real-data` recipe "
         f"(Makefile: ResNet50 + the seed head from random weights on the CPU, {recipe['image_size']}², "
         f"{recipe['stage2_epochs']} epochs, Adam {recipe['stage2_learning_rate']:g} with learning rate decay "
-        f"{recipe['learning_rate_decay']}, "
+        f"{recipe['learning_rate_decay']}, test-time zooms {recipe['test_time_zooms'] or 'none'}, "
         f"{REPRODUCIBILITY[bool(recipe['deterministic'])]}). The external "
         "column is `../shared/real-cxr-figure1` (33 COVID-19 images of another collection), scored by the exported "
         "model. 95% intervals; the pixel baseline is logistic regression on 32×32 standardised thumbnails "

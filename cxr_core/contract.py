@@ -74,6 +74,9 @@ METADATA_DECISION_RULE: Final = "decision_rule"
 METADATA_TEMPERATURE: Final = "temperature"
 # The run's MODEL_CARD.md (Markdown): intended use, training data, evaluation, limits.
 METADATA_MODEL_CARD: Final = "model_card"
+# The test-time zooms (float64 [K], empty for none): the signatures above average the model's
+# probabilities over the image and each zoom of it, before the temperature.
+METADATA_TEST_TIME_ZOOMS: Final = "test_time_zooms"
 # Version of the pixels a model sees: `imaging.preprocess_image` (file → uint8 square) and
 # `serving.features.decode_image` (PNG → model input). Bump it when either changes, so a
 # model trained on older pixels can be told apart.

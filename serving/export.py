@@ -7,10 +7,12 @@ Signatures (batch prediction, tfx-bsl RunInference and cxr-predict depend on the
       `cxr_core.imaging.encode_png` at the training image size.
   metadata() — no inputs; the `serving.model_store.ModelContract`: image size, class names
       in output order, preprocessing version, the training configuration, the decision
-      rule (JSON), the temperature and the model card.
+      rule (JSON), the temperature, the test-time zooms and the model card.
 The first two return {'probabilities': float32 [N, 3], 'class_id': int64 [N]}, the class ids
 indexing `contract.CLASS_NAMES`; both decode through `serving.features.decode_image`. The
-model's probabilities are first scaled by the contract's temperature T, softmax(log p / T)
+model's probabilities, averaged over the image and the contract's test-time zooms
+(`serving.test_time_augmentation`; none: the image alone), are first scaled by the
+contract's temperature T, softmax(log p / T)
 (fitted on val, `trainer.evaluation.calibration`), so that they are calibrated. With the
 contract's decision rule (`cxr_core.decision_rule`, chosen on val on those scaled
 probabilities), they are then prior-corrected and the class ids follow the rule, exactly as
@@ -24,7 +26,7 @@ import tensorflow as tf
 
 from cxr_core import contract
 from cxr_core.decision_rule import DecisionRule
-from serving import features, model_store
+from serving import features, model_store, test_time_augmentation
 
 
 def export_saved_model(model: keras.Model, export_dir: str, model_contract: model_store.ModelContract) -> None:
@@ -32,9 +34,10 @@ def export_saved_model(model: keras.Model, export_dir: str, model_contract: mode
     image_size = model_contract.image_size
     rule = model_contract.decision_rule
     temperature = model_contract.temperature
+    zooms = model_contract.test_time_zooms
 
     def predict(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        probabilities = tf.cast(model(images, training=False), tf.float32)
+        probabilities = test_time_augmentation.averaged_probabilities(model, images, zooms)
         if temperature != 1.0:
             probabilities = temperature_scaled(probabilities, temperature)
         if rule is None:

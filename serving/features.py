@@ -11,6 +11,9 @@ import tensorflow as tf
 from cxr_core import contract
 
 CHANNELS = 3  # ResNet50 (and its ImageNet weights) expects RGB input.
+# Pixels a geometric transform brings in from outside the image are reflected from inside it, so no
+# border (black corners, a constant band) appears that could mark a transformed image.
+FILL_MODE = "REFLECT"
 
 
 def parse_spec() -> dict[str, tf.io.FixedLenFeature]:
@@ -47,6 +50,30 @@ def model_input(pixels: tf.Tensor) -> tf.Tensor:
     """
     image = tf.image.grayscale_to_rgb(pixels)
     return keras.applications.resnet50.preprocess_input(tf.cast(image, tf.float32))
+
+
+def transformed(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
+    """Images [N, H, W, C] (float) resampled once, bilinearly, through `affine_transforms` maps [N, 8]."""
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode=FILL_MODE)
+
+
+def affine_transforms(angles: tf.Tensor, zooms: tf.Tensor, shift_x: tf.Tensor, shift_y: tf.Tensor,
+                      height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    """[batch, 8] output-to-input maps of `ImageProjectiveTransformV3`: rotate and zoom about the centre, shift.
+
+    An output pixel (x, y) samples the input at centre + R(angle)·((x, y) − centre) / zoom − shift,
+    so the content turns by `angle`, grows by `zoom` and moves by `shift`.
+    """
+    cos, sin = tf.cos(angles) / zooms, tf.sin(angles) / zooms
+    centre_x, centre_y = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+    zeros = tf.zeros_like(angles)
+    return tf.stack([
+        cos, -sin, centre_x - cos * centre_x + sin * centre_y - shift_x,
+        sin, cos, centre_y - sin * centre_x - cos * centre_y - shift_y,
+        zeros, zeros,
+    ], axis=1)
 
 
 def decode_images(pngs: tf.Tensor, image_size: int) -> tf.Tensor:

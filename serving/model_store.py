@@ -2,9 +2,9 @@
 
 The trainer's SavedModel answers its `metadata` signature (`contract.SERVING_METADATA_SIGNATURE`,
 no inputs) with the image size, the class names in output order, the preprocessing
-version, the training configuration, the temperature and the decision rule its signatures
-apply (both chosen on val; a model exported without a rule predicts the argmax), and its
-model card. Batch prediction and `cxr-predict` both load models here, so neither needs a
+version, the training configuration, the test-time zooms, the temperature and the decision
+rule its signatures apply (both chosen on val; a model exported without a rule predicts the
+argmax), and its model card. Batch prediction and `cxr-predict` both load models here, so neither needs a
 flag that repeats a choice made at training time. An export without that signature, or
 with an incomplete one, is refused.
 """
@@ -37,6 +37,7 @@ class ModelContract:
     decision_rule: DecisionRule | None = None  # None: the argmax of the model's raw probabilities.
     temperature: float = 1.0  # Applied before the rule: softmax(log p / T).
     model_card: str = ""  # The run's MODEL_CARD.md.
+    test_time_zooms: tuple[float, ...] = ()  # `serving.test_time_augmentation`; () reads the image alone.
 
     def as_tensors(self) -> dict[str, tf.Tensor]:
         """The `metadata` signature's outputs."""
@@ -49,6 +50,8 @@ class ModelContract:
                 json.dumps(self.decision_rule.to_json() if self.decision_rule else None)),
             data_contract.METADATA_TEMPERATURE: tf.constant(self.temperature, tf.float64),
             data_contract.METADATA_MODEL_CARD: tf.constant(self.model_card),
+            data_contract.METADATA_TEST_TIME_ZOOMS: tf.constant(self.test_time_zooms, tf.float64, shape=[
+                len(self.test_time_zooms)]),
         }
 
     @classmethod
@@ -63,6 +66,7 @@ class ModelContract:
             decision_rule=None if rule is None else DecisionRule.from_json(rule),
             temperature=float(outputs[data_contract.METADATA_TEMPERATURE]),
             model_card=outputs[data_contract.METADATA_MODEL_CARD].numpy().decode("utf-8"),
+            test_time_zooms=tuple(float(zoom) for zoom in outputs[data_contract.METADATA_TEST_TIME_ZOOMS].numpy()),
         )
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 from beam_pipelines import batch_predict as predict
 from beam_pipelines import preprocess, sources
 from cxr_core import contract, decision_rule, imaging, pseudonyms
-from serving import export, features, gradcam, model_store, study
+from serving import export, features, gradcam, model_store, study, test_time_augmentation
 from synthetic import dicom_writer, phantom
 from trainer import model as model_lib
 from trainer.evaluation import calibration, operating_point
@@ -244,6 +244,30 @@ def test_an_export_scales_by_its_temperature_before_the_rule_and_carries_its_mod
         np.testing.assert_array_equal(outputs[contract.CLASS_ID_OUTPUT], rule.apply(scaled), err_msg=name)
         np.testing.assert_allclose(outputs[contract.PROBABILITIES_OUTPUT], rule.adjusted(scaled), atol=1e-5,
                                    err_msg=name)
+
+
+def test_an_export_averages_over_its_test_time_zooms_before_the_temperature(tmp_path):
+    """Both signatures average the model over the image and the contract's zooms, then scale and apply the rule."""
+    tiny, _, _ = tiny_model_and_pngs()
+    pngs = []
+    for side in range(2, IMAGE_SIZE, 4):  # Centred squares: a zoom changes the bright share the model reads.
+        pixels = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+        start = (IMAGE_SIZE - side) // 2
+        pixels[start:start + side, start:start + side] = 255
+        pngs.append(imaging.encode_png(pixels))
+    images = features.decode_images(tf.constant(pngs), IMAGE_SIZE)
+    zooms, temperature = (0.9, 1.2), 0.5
+    averaged = test_time_augmentation.averaged_probabilities(tiny, images, zooms).numpy()
+    assert np.abs(averaged - tiny(images).numpy()).max() > 1e-3
+
+    written = model_contract(temperature=temperature, test_time_zooms=zooms)
+    export.export_saved_model(tiny, str(tmp_path), written)
+    loaded = model_store.load(str(tmp_path))
+
+    assert loaded.contract == written
+    expected = calibration.apply_temperature(averaged, temperature)
+    for name, outputs in served_outputs(loaded, pngs).items():
+        np.testing.assert_allclose(outputs[contract.PROBABILITIES_OUTPUT], expected, atol=1e-5, err_msg=name)
 
 
 # Batch prediction -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from serving import features
 from trainer import augment
 
 SIZE = 32
@@ -58,10 +59,8 @@ def test_geometry_only_moves_content_by_the_drawn_transform():
     """The affine map: a 4-pixel shift right moves a bright patch 4 pixels right."""
     image = np.zeros((1, SIZE, SIZE, 1), np.float32)
     image[0, 10:15, 12:17] = 255.0
-    transforms = augment.affine_transforms(tf.constant([0.0]), tf.constant([1.0]), tf.constant([4.0]),
-                                           tf.constant([0.0]), tf.constant(float(SIZE)), tf.constant(float(SIZE)))
-    moved = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image, transforms=transforms, output_shape=[SIZE, SIZE], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode=augment.FILL_MODE).numpy()
+    transforms = features.affine_transforms(tf.constant([0.0]), tf.constant([1.0]), tf.constant([4.0]),
+                                            tf.constant([0.0]), tf.constant(float(SIZE)), tf.constant(float(SIZE)))
+    moved = features.transformed(tf.constant(image), transforms).numpy()
     rows, columns = np.nonzero(moved[0, :, :, 0] > 128)
     assert (rows.min(), rows.max(), columns.min(), columns.max()) == (10, 14, 16, 20)

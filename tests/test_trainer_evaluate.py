@@ -7,6 +7,7 @@ evaluation of the same records.
 """
 
 import csv
+import dataclasses
 import json
 import os
 
@@ -175,3 +176,30 @@ def test_a_csv_of_raw_images_is_read_with_the_jobs_rules_and_decoded_as_serving_
         **{contract.PNG_INPUT: tf.constant(pngs)})[contract.PROBABILITIES_OUTPUT].numpy()
     scored = evaluate.score(gradcam.load_model(job_dir), data)
     np.testing.assert_allclose(RULE.adjusted(scored.model_probabilities), served, atol=1e-5)
+
+
+def test_a_model_exported_with_test_time_zooms_is_scored_as_it_serves(job_dir, external_records, tmp_path):
+    """Evaluation averages over the contract's zooms exactly as the export does; the audit's features do not."""
+    model = gradcam.load_model(job_dir)
+    zooms = (0.9, 1.1)
+    zoomed_job = tmp_path / "job"
+    export.export_saved_model(model, str(zoomed_job / "export"), dataclasses.replace(
+        model_store.load(job_dir).contract, test_time_zooms=zooms))
+    model.save(zoomed_job / gradcam.KERAS_MODEL_FILE)
+    data = evaluation_set.read_records("external", input_pipeline.list_shards(external_records, "test"), IMAGE_SIZE,
+                                       "the test records")
+
+    plain, averaged = evaluate.score(model, data), evaluate.score(model, data, zooms)
+
+    assert np.abs(plain.model_probabilities - averaged.model_probabilities).max() > 1e-4
+    np.testing.assert_array_equal(plain.pooled_features, averaged.pooled_features)
+    served = model_store.load(str(zoomed_job)).signatures[contract.SERVING_PNG_SIGNATURE](
+        **{contract.PNG_INPUT: tf.constant([imaging.encode_png(pixels) for pixels in data.pixels])})
+    np.testing.assert_allclose(RULE.adjusted(averaged.model_probabilities),
+                               served[contract.PROBABILITIES_OUTPUT].numpy(), atol=1e-5)
+    result = evaluate.run([f"--model_dir={zoomed_job}", f"--data_dir={external_records}", "--splits=test",
+                           f"--output_dir={tmp_path / 'report'}"])
+    assert "averaged over the image and its zooms 0.9, 1.1" in result.text.splitlines()[1]
+    written = json.load(open(tmp_path / "report" / report.METRICS_FILE))["external"]
+    expected = report.split_metrics(averaged.predictions(1.0), RULE).to_json()
+    assert_same_figures(json.loads(json.dumps(expected)), written)

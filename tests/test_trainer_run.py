@@ -52,7 +52,7 @@ def test_every_trainer_output_goes_through_tensorflows_filesystem_api(data_dir):
     task.define_flags(values)
     values(["trainer", f"--data_dir={data_dir}", f"--job_dir={job_dir}", f"--image_size={IMAGE_SIZE}",
             "--batch_size=4", "--stage1_epochs=0", "--stage2_epochs=1", "--steps_per_epoch=2", "--steps_per_loop=2",
-            "--weights=none"])
+            "--weights=none", "--test_time_zooms=0.95,1.05"])
 
     task.train_from_flags(values)
 
@@ -68,11 +68,11 @@ def test_every_trainer_output_goes_through_tensorflows_filesystem_api(data_dir):
         "stage2_epochs", "stage1_learning_rate", "stage2_learning_rate", "warmup_steps", "learning_rate_decay",
         "weights", "auxiliary_loss_weight", "head_learning_rate_scale", "class_weight", "mixed_precision",
         "jit_compile", "steps_per_epoch", "steps_per_loop", "checkpoint_every_loops", "keep_checkpoints", "cache",
-        "cache_budget_gb", "decision_rule", "min_sensitivity", "seed", "deterministic"]
+        "cache_budget_gb", "decision_rule", "min_sensitivity", "test_time_zooms", "seed", "deterministic"]
     assert (run["config"]["job_dir"], run["config"]["auxiliary_loss_weight"]) == (
         job_dir, model.FROM_SCRATCH_AUXILIARY_LOSS_WEIGHT)  # The value the run used, not the flag's None.
     served = model_store.load(job_dir)
-    assert served.contract.image_size == IMAGE_SIZE
+    assert (served.contract.image_size, served.contract.test_time_zooms) == (IMAGE_SIZE, (0.95, 1.05))
     blank = imaging.encode_png(np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8))
     outputs = served.signatures[contract.SERVING_PNG_SIGNATURE](**{contract.PNG_INPUT: tf.constant([blank])})
     assert outputs[contract.PROBABILITIES_OUTPUT].shape == (1, contract.NUM_CLASSES)

@@ -119,7 +119,7 @@ def test_every_flag_reaches_its_config_field(local):
               "jit_compile": True, "steps_per_epoch": 9, "steps_per_loop": 5, "checkpoint_every_loops": 2,
               "keep_checkpoints": 3, "cache": "memory",
               "cache_budget_gb": 1.5, "decision_rule": "target:covid19:specificity:0.9",
-              "min_sensitivity": "pneumonia=0.8", "seed": 7, "deterministic": True}
+              "min_sensitivity": "pneumonia=0.8", "test_time_zooms": "0.9,1.1", "seed": 7, "deterministic": True}
     defaults = {setting.name: setting.default for setting in config.settings(config.TrainConfig)}
     assert set(values) == set(defaults)
     assert all(values[name] != defaults[name] for name in values)  # Else a flag ignored would go unnoticed.

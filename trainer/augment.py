@@ -6,8 +6,9 @@ shift, brightness shift and contrast factor, within the ranges of
 `cxr_core.augmentation.PARAMETERS`, which sets the offline copies' ranges too. No
 horizontal flips: they move the heart to the right, an anatomy the
 model should not be taught. Pixels the transform brings in from outside the image
-are reflected from inside it, so no border (black corners, a constant band) appears
-that could mark augmented images.
+are reflected from inside it (`serving.features.transformed`, which test-time zooms
+use too), so no border (black corners, a constant band) appears that could mark
+augmented images.
 
 Rotation, zoom and shift are one affine map, resampled once
 (`ImageProjectiveTransformV3`, bilinear), rather than three Keras layers resampling
@@ -27,9 +28,9 @@ import math
 import tensorflow as tf
 
 from cxr_core.augmentation import PARAMETERS
+from serving import features
 
 PIXEL_RANGE = 255.0
-FILL_MODE = "REFLECT"
 
 
 def augment_images(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -55,10 +56,8 @@ def augment_images(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     zooms = tf.random.stateless_uniform([batch], zoom_seed, *PARAMETERS.zoom_range)
     max_shift = PARAMETERS.online_max_shift_fraction
     shifts = tf.random.stateless_uniform([batch, 2], shift_seed, -max_shift, max_shift)
-    transforms = affine_transforms(angles, zooms, shifts[:, 0] * width, shifts[:, 1] * height, height, width)
-    pixels = tf.raw_ops.ImageProjectiveTransformV3(
-        images=pixels, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode=FILL_MODE)
+    pixels = features.transformed(pixels, features.affine_transforms(
+        angles, zooms, shifts[:, 0] * width, shifts[:, 1] * height, height, width))
 
     max_delta = PARAMETERS.online_max_brightness_delta
     brightness = tf.random.stateless_uniform([batch, 1, 1, 1], brightness_seed, -max_delta, max_delta) * PIXEL_RANGE
@@ -68,20 +67,3 @@ def augment_images(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     if images.dtype == tf.uint8:
         return tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, PIXEL_RANGE), tf.uint8)
     return tf.cast(pixels, images.dtype)
-
-
-def affine_transforms(angles: tf.Tensor, zooms: tf.Tensor, shift_x: tf.Tensor, shift_y: tf.Tensor,
-                      height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
-    """[batch, 8] output-to-input maps of `ImageProjectiveTransformV3`: rotate and zoom about the centre, shift.
-
-    An output pixel (x, y) samples the input at centre + R(angle)·((x, y) − centre) / zoom − shift,
-    so the content turns by `angle`, grows by `zoom` and moves by `shift`.
-    """
-    cos, sin = tf.cos(angles) / zooms, tf.sin(angles) / zooms
-    centre_x, centre_y = (width - 1.0) / 2.0, (height - 1.0) / 2.0
-    zeros = tf.zeros_like(angles)
-    return tf.stack([
-        cos, -sin, centre_x - cos * centre_x + sin * centre_y - shift_x,
-        sin, cos, centre_y - sin * centre_x - cos * centre_y - shift_y,
-        zeros, zeros,
-    ], axis=1)

@@ -21,6 +21,7 @@ from typing import Any
 import tensorflow as tf
 
 from cxr_core import contract, decision_rule
+from serving import test_time_augmentation
 from trainer import model, optimization
 from trainer.evaluation import triage
 
@@ -185,6 +186,11 @@ class TrainConfig:
         "decision rule's val sensitivity for a class is below its floor, or reaches it but not with its whole 95% "
         "interval.", triage.DEFAULT_MIN_SENSITIVITY,
         check=triage.parse_min_sensitivity)
+    test_time_zooms: str = setting(
+        "Zooms about the centre, comma-separated (e.g. 0.95,1.05; empty: the image alone), over which evaluation and "
+        "the exported model average the probabilities with the image's own (test-time augmentation; "
+        "serving/test_time_augmentation.py). Inference costs one pass per zoom more.", "",
+        check=test_time_augmentation.parse_zooms)
     seed: int = setting("Seed for weights initialisation and input shuffling.", 42)
     deterministic: bool = setting(
         "Make a run reproducible: the training input keeps one record order under --seed and TensorFlow ops run "

@@ -15,7 +15,7 @@ printed report opens with the audit's warnings.
 scores an exported model on a dataset it never saw, without retraining: the preprocess
 job's records (the originals of the listed splits, pooled), or raw images listed in a CSV
 with the preprocess job's columns, decoded as serving decodes them. The model keeps its
-own decision rule and temperature (its contract, `serving.model_store`); nothing is fitted
+own test-time zooms, decision rule and temperature (its contract, `serving.model_store`); nothing is fitted
 on the external data. The report names the model, the data and where each came from, and
 OUT gets a MODEL_CARD.md of the model with these results. The Keras model the trainer
 saves next to its export (model.keras) gives the pooled features and Grad-CAM.
@@ -25,7 +25,7 @@ import argparse
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from cxr_core import contract
 from cxr_core.decision_rule import DecisionRule
-from serving import features, gradcam, model_store
+from serving import features, gradcam, model_store, test_time_augmentation
 from trainer import input_pipeline
 from trainer import model as model_lib
 from trainer.evaluation import (calibration, calibration_plot, evaluation_set, gallery, intervals, model_card,
@@ -84,12 +84,19 @@ class Evaluation:
     text: str
 
 
-def score(model: keras.Model, data: EvaluationSet, batch_size: int = BATCH_SIZE) -> ScoredSet:
-    """Runs the model over the set's pixels: its probabilities and its pooled features."""
-    outputs = keras.Model(model.inputs, [model.output, model.get_layer(model_lib.POOLED_FEATURES_LAYER).output])
+def score(model: keras.Model, data: EvaluationSet, test_time_zooms: Sequence[float] = (),
+          batch_size: int = BATCH_SIZE) -> ScoredSet:
+    """Runs the model over the set's pixels: its probabilities, averaged over the image and `test_time_zooms`
+    as the export averages them, and the pooled features of the image alone."""
+    pooled_features = keras.Model(model.inputs, model.get_layer(model_lib.POOLED_FEATURES_LAYER).output)
     size = data.pixels.shape[1]
-    infer = tf.function(lambda pixels: outputs(features.model_input(pixels[..., tf.newaxis]), training=False),
-                        input_signature=[tf.TensorSpec([None, size, size], tf.uint8)])
+
+    def infer(pixels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        inputs = features.model_input(pixels[..., tf.newaxis])
+        return (test_time_augmentation.averaged_probabilities(model, inputs, test_time_zooms),
+                pooled_features(inputs, training=False))
+
+    infer = tf.function(infer, input_signature=[tf.TensorSpec([None, size, size], tf.uint8)])
     probabilities, pooled = [], []
     for start in range(0, len(data), batch_size):
         batch_probabilities, batch_pooled = infer(tf.constant(data.pixels[start:start + batch_size]))
@@ -218,10 +225,12 @@ def run(argv: list[str] | None = None) -> Evaluation:
     heading = "\n".join([
         f"EXTERNAL EVALUATION of the model in {loaded.export_dir}",
         f"model: trained on {training_data or 'data not recorded'}; temperature {model_contract.temperature:.3f}; "
-        f"decision rule: {rule.describe() if rule else UNCORRECTED_ARGMAX}",
+        f"decision rule: {rule.describe() if rule else UNCORRECTED_ARGMAX}; "
+        f"{test_time_augmentation.describe(model_contract.test_time_zooms)}",
         f"data ({args.name}): {data.provenance}",
         f"nothing was fitted on these data; outputs in {args.output_dir}"])
-    evaluation = evaluate(model, {args.name: score(model, data)}, rule, model_contract.temperature, args.output_dir,
+    scored = score(model, data, model_contract.test_time_zooms)
+    evaluation = evaluate(model, {args.name: scored}, rule, model_contract.temperature, args.output_dir,
                           source_table=source_table, audited_set=args.name,
                           floors=triage.parse_min_sensitivity(training.get("min_sensitivity", "")),
                           floor_set=args.name, heading=heading)

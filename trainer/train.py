@@ -44,7 +44,7 @@ import tensorflow as tf
 from absl import logging
 
 from cxr_core import contract, decision_rule
-from serving import export, model_store
+from serving import export, model_store, test_time_augmentation
 from trainer import checkpoints, distribution, evaluate, input_pipeline, optimization, outputs, preemption
 from trainer import model as model_lib
 from trainer.config import TrainConfig
@@ -361,19 +361,21 @@ class Controller:
                             run_description: dict) -> dict[str, metrics_lib.SplitMetrics]:
         """On the chief: the best epoch's weights evaluated on val and test, then exported with what val chose.
 
-        Val chooses the temperature (`trainer.evaluation.calibration`) and then, on the scaled
+        Both splits are scored with `--test_time_zooms` (`serving.test_time_augmentation`) as the export
+        will score. Val chooses the temperature (`trainer.evaluation.calibration`) and then, on the scaled
         probabilities, the decision rule; test is scored once under both (`trainer.evaluate`: metrics,
         calibration, operating point, subgroups, shortcut audit, failure gallery). The model card goes into
-        the job dir and, with the temperature and the rule, into the export's contract.
+        the job dir and, with the zooms, the temperature and the rule, into the export's contract.
         Returns the val and test metrics.
         """
         best = self.best.restore()
         logging.info("evaluating the weights of epoch %d, the best on val (macro ROC-AUC %.4f): %s",
                      int(self.state.best_epoch), float(self.state.best_score), best)
         config, paths = self.config, self.paths
+        zooms = test_time_augmentation.parse_zooms(config.test_time_zooms)
         sets = {split: evaluate.score(self.model, evaluation_set.read_records(
                     split, list(self.data[split].shards), config.image_size,
-                    f"the {split} originals of {config.data_dir}"))
+                    f"the {split} originals of {config.data_dir}"), zooms)
                 for split in ("val", "test")}
         val = sets["val"]
         temperature = calibration.fit_temperature(val.data.labels, val.model_probabilities)
@@ -398,7 +400,7 @@ class Controller:
         export.export_saved_model(self.model, paths.export_dir, model_store.ModelContract(
             image_size=config.image_size, class_names=contract.CLASS_NAMES,
             preprocessing_version=contract.PREPROCESSING_VERSION, training_config=run_description,
-            decision_rule=rule, temperature=temperature, model_card=card))
+            decision_rule=rule, temperature=temperature, model_card=card, test_time_zooms=zooms))
         self.model.save(paths.keras_file)  # Never compiled, so it carries no optimizer state.
         logging.info("wrote %s, %s, %s, %s", paths.export_dir, paths.keras_file, paths.history_file,
                      model_card.FILE_NAME)

@@ -37,7 +37,7 @@ NOT_INTENDED = (
 SUMMARY_METRICS = ("sensitivity", "ppv", "specificity", "roc_auc")
 METRIC_TITLES = {"sensitivity": "sensitivity", "ppv": "PPV", "specificity": "specificity", "roc_auc": "ROC-AUC"}
 TRAINING_SETTINGS = ("weights", "image_size", "batch_size", "stage1_epochs", "stage2_epochs", "stage1_learning_rate",
-                     "stage2_learning_rate", "class_weight", "decision_rule", "seed")
+                     "stage2_learning_rate", "class_weight", "test_time_zooms", "decision_rule", "seed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +135,8 @@ def _training_configuration(run_description: Mapping) -> str:
     facts = {name: config[name] for name in TRAINING_SETTINGS if name in config}
     facts |= {name: run_description[name] for name in ("preprocessing_version", "tensorflow_version", "strategy",
                                                        "replicas", "global_batch_size") if name in run_description}
-    return "\n".join(f"- {name}: {value}" for name, value in facts.items()) or "Not recorded."
+    lines = [f"- {name}: {'none' if value == '' else value}" for name, value in facts.items()]
+    return "\n".join(lines) or "Not recorded."
 
 
 def _evaluation(metrics: Mapping[str, SplitMetrics], provenance: Mapping[str, str]) -> str:
