@@ -4,9 +4,9 @@ The trainer's SavedModel answers its `metadata` signature (`contract.SERVING_MET
 no inputs) with the image size, the class names in output order, the preprocessing
 version, the training configuration, the test-time zooms, the temperature and the decision
 rule its signatures apply (both chosen on val; a model exported without a rule predicts the
-argmax), and its model card. Batch prediction and `cxr-predict` both load models here, so neither needs a
-flag that repeats a choice made at training time. An export without that signature, or
-with an incomplete one, is refused.
+argmax), and its model card. Batch prediction and `cxr-predict` both load models here, so
+neither needs a flag that repeats a choice made at training time. An export without that
+signature, or with an incomplete one, is refused.
 """
 
 import dataclasses
